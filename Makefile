@@ -1,0 +1,38 @@
+# vit22b_pax developer entry points. `make test` and `make train` create .venv
+# from requirements.lock when it is missing or older than the lock file.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Where `make train` puts the embedded dataset and the job directory.
+DATA_DIR ?= data/shapes
+JOB_DIR ?= runs/train_cpu
+
+.PHONY: test train venv lock clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@py=$$(scripts/find_python310.sh) || exit 1; \
+	  echo "creating $(VENV) with $$py"; \
+	  rm -rf $(VENV) && "$$py" -m venv $(VENV)
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Re-resolves pyproject.toml's dependencies in a scratch venv and rewrites the
+# lock file. Needs the package registry; review the diff before committing.
+lock:
+	@py=$$(scripts/find_python310.sh) || exit 1; \
+	  rm -rf .venv-lock && "$$py" -m venv .venv-lock && \
+	  .venv-lock/bin/pip install --quiet -e '.[dev]' && \
+	  { sed -n '1,3p' requirements.lock; \
+	    .venv-lock/bin/pip freeze --exclude-editable | grep -v '^-e '; } \
+	    > requirements.lock.new && mv requirements.lock.new requirements.lock; \
+	  rm -rf .venv-lock
+
+clean:
+	rm -rf $(VENV)
