@@ -1,0 +1,75 @@
+"""Tests for vit22b_pax.layers.attention_core."""
+
+import math
+
+from absl.testing import absltest
+from absl.testing import parameterized
+from jax import numpy as jnp
+import numpy as np
+from praxis import base_layer
+from praxis import pax_fiddle
+from praxis.layers import attentions
+
+import layer_reference as ref
+from vit22b_pax.layers import attention_core
+
+
+def core(**kwargs):
+  return base_layer.instantiate(pax_fiddle.Config(
+      attention_core.AttentionCore, name='core', dim_per_head=4, **kwargs))
+
+
+def qkv(b=2, t=3, s=5, n=2, h=4, seed=0):
+  rng = np.random.RandomState(seed)
+  return (rng.randn(b, t, n, h).astype(np.float32),
+          rng.randn(b, s, n, h).astype(np.float32),
+          rng.randn(b, s, n, h).astype(np.float32))
+
+
+class AttentionCoreTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(('qk_norm', True), ('plain', False))
+  def test_matches_reference_with_padding_mask(self, use_qk_norm):
+    layer = core(use_qk_norm=use_qk_norm)
+    q, k, v = qkv()
+    paddings = np.zeros((2, 5), np.float32)
+    paddings[0, 3:] = 1.0
+    mask = attentions.convert_paddings_to_mask(jnp.asarray(paddings))
+    variables = ref.init(layer, q, k, v, mask)
+    if use_qk_norm:
+      variables = ref.perturb(variables, seed=1)
+    (context, probs) = ref.apply(layer, variables, q, k, v, mask)
+    norms = [None, None]
+    if use_qk_norm:
+      p = ref.to_np(variables['params'])
+      norms = [lambda x, n=n: ref.layer_norm(x, p[n]['scale'])
+               for n in ('q_norm', 'k_norm')]
+    expected, _ = ref.attention(
+        q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
+        paddings, *norms)
+    np.testing.assert_allclose(context, expected, atol=1e-5, rtol=1e-5)
+    self.assertEqual(float(jnp.max(probs[0, :, :, 3:])), 0.0)
+    np.testing.assert_allclose(jnp.sum(probs, -1), 1.0, atol=1e-6)
+
+  def test_logits_are_scaled_by_rsqrt_head_dim(self):
+    layer = core(use_qk_norm=False)
+    q, k, _ = qkv()
+    logits = ref.apply(layer, {}, q, k, method=layer.logits)
+    expected = np.einsum('btnh,bsnh->bnts', q, k) / math.sqrt(4)
+    np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-5)
+
+  def test_rejects_bad_mask_shape(self):
+    layer = core(use_qk_norm=False)
+    q, k, v = qkv()
+    with self.assertRaisesRegex(ValueError, 'attention_mask must have shape'):
+      ref.init(layer, q, k, v, jnp.zeros((2, 5)))
+
+  def test_rejects_unknown_qk_norm_type(self):
+    layer = core(qk_norm_type='l2')
+    q, k, v = qkv()
+    with self.assertRaisesRegex(ValueError, 'qk_norm_type'):
+      ref.init(layer, q, k, v, None)
+
+
+if __name__ == '__main__':
+  absltest.main()

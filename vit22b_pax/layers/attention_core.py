@@ -1,0 +1,261 @@
+"""Multi-head dot-product attention core shared by the ViT-22B layers.
+
+The core takes already projected queries, keys and values [B, T|S, N, H] and
+computes softmax(norm(Q) norm(K)^T / sqrt(H) + mask) V. Projections live in
+the blocks (the parallel block fuses them with the MLP), so the same core
+serves ParallelBlock, SequentialBlock and MAPHead.
+
+Masks follow praxis `DotProductAttention`: `atten_mask` is additive, shape
+[1|B, 1, 1|T, S], 0 where attention is allowed and a large negative number
+where it is not (`attentions.convert_paddings_to_mask`), applied with
+`py_utils.apply_mask_to_logits` to float32 logits.
+
+Also holds the small helpers the layers share: sub-selecting a split-dims
+mapping, building WeightHParams, turning paddings into a mask.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+from jax import numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+from praxis import base_layer
+from praxis import pax_fiddle
+from praxis import py_utils
+from praxis import pytypes
+from praxis.layers import attentions
+from praxis.layers import stochastics
+
+from vit22b_pax.layers import norms
+
+JTensor = pytypes.JTensor
+SplitDimsMapping = pytypes.SplitDimsMapping
+WeightHParams = base_layer.WeightHParams
+template_field = base_layer.template_field
+LayerTpl = pax_fiddle.Config[base_layer.BaseLayer]
+
+QK_NORM_TYPES = ('layernorm', 'rmsnorm')
+
+
+def select_dims(
+    mapping: SplitDimsMapping, dims: Sequence[int]
+) -> SplitDimsMapping:
+  """Returns mapping restricted to `dims` (e.g. a bias from its weight)."""
+  if mapping is None:
+    return None
+  return tuple(mapping[d] for d in dims)
+
+
+def weight_hparams(
+    layer: base_layer.BaseLayer,
+    shape: Sequence[int],
+    split: SplitDimsMapping,
+    *,
+    fan_in_axes: Sequence[int] | None = None,
+    fan_out_axes: Sequence[int] | None = None,
+    init: base_layer.WeightInit | None = None,
+) -> WeightHParams:
+  """WeightHParams carrying the layer's mesh and the given split mapping.
+
+  Args:
+    layer: The layer creating the variable (gives mesh_shape).
+    shape: Variable shape.
+    split: Split-dims mapping over `shape` (None: replicated).
+    fan_in_axes: Axes whose product is the fan-in (for Xavier / fan-in inits).
+    fan_out_axes: Axes whose product is the fan-out.
+    init: Initializer; None uses the layer's params_init.
+
+  Returns:
+    The WeightHParams.
+  """
+  if split is not None and len(split) != len(shape):
+    raise ValueError(
+        f'{type(layer).__name__}: split-dims mapping {split} has rank '
+        f'{len(split)} but the weight has shape {list(shape)}.'
+    )
+  return WeightHParams(
+      shape=list(shape),
+      init=init,
+      mesh_shape=layer.mesh_shape,
+      tensor_split_dims_mapping=split if layer.mesh_shape is not None else None,
+      fan_in_axes=fan_in_axes,
+      fan_out_axes=fan_out_axes,
+  )
+
+
+def bias_hparams(
+    layer: base_layer.BaseLayer, shape: Sequence[int], split: SplitDimsMapping
+) -> WeightHParams:
+  """Zero-initialized bias WeightHParams."""
+  return weight_hparams(
+      layer, shape, split, init=base_layer.WeightInit.Constant(0.0)
+  )
+
+
+def mask_from_paddings(
+    inputs: JTensor, paddings: JTensor | None
+) -> JTensor | None:
+  """Additive [B, 1, 1, T] mask from paddings [B, T] (1 = padded), or None."""
+  if paddings is None:
+    return None
+  return attentions.convert_paddings_to_mask(paddings, inputs.dtype)
+
+
+def check_mask(atten_mask: JTensor | None, b: int, t: int, s: int) -> None:
+  """Raises ValueError unless atten_mask is [1|B, 1, 1|T, S] (or None)."""
+  if atten_mask is None:
+    return
+  shape = tuple(atten_mask.shape)
+  if (
+      len(shape) != 4
+      or shape[0] not in (1, b)
+      or shape[1] != 1
+      or shape[2] not in (1, t)
+      or shape[3] != s
+  ):
+    raise ValueError(
+        f'attention_mask must have shape [1|{b}, 1, 1|{t}, {s}] (additive, '
+        f'as praxis StackedTransformer builds it); got {list(shape)}.'
+    )
+
+
+class AttentionCore(base_layer.BaseLayer):
+  """Scaled dot-product attention over N heads with optional QK-norm.
+
+  logits = norm_q(Q) . norm_k(K) / sqrt(H)          [B, N, T, S]
+  probs  = dropout(softmax(mask(logits)))           [B, N, T, S]
+  out    = probs . V                                [B, T, N, H]
+
+  QK-norm (Dehghani et al. 2023, Sec. 2) normalizes each head's H-dim query
+  and key vector; the q and k norms each have a scale [H] shared across heads
+  (and a bias [H] only when use_ln_bias).
+
+  Attributes:
+    dim_per_head: H, the per-head query/key/value size.
+    use_qk_norm: Whether to normalize queries and keys before the dot product.
+    qk_norm_type: 'layernorm' (centered) or 'rmsnorm' (not centered).
+    use_ln_bias: Whether the q/k norms have a bias.
+    ln_epsilon: Epsilon of the q/k norms.
+    atten_dropout_prob: Dropout probability on the attention probabilities.
+    norm_tpl: Template of the q/k normalization layer.
+    dropout_tpl: Template of the attention-probability dropout.
+  """
+
+  dim_per_head: int = 0
+  use_qk_norm: bool = True
+  qk_norm_type: str = 'layernorm'
+  use_ln_bias: bool = False
+  ln_epsilon: float = 1e-6
+  atten_dropout_prob: float = 0.0
+  norm_tpl: LayerTpl = template_field(norms.LayerNorm)
+  dropout_tpl: LayerTpl = template_field(stochastics.Dropout)
+
+  class ActivationSharding(base_layer.BaseLayer.ActivationSharding):
+    """Activation split-dims mappings.
+
+    Attributes:
+      blnh: Mapping of q, k, v and the context [B, T, N, H]; the logits
+        [B, N, T, S] use its batch and head entries.
+    """
+
+    blnh: SplitDimsMapping = None
+
+  def setup(self) -> None:
+    if self.dim_per_head <= 0:
+      raise ValueError(
+          f'AttentionCore.dim_per_head must be positive, got '
+          f'{self.dim_per_head}.'
+      )
+    if self.qk_norm_type not in QK_NORM_TYPES:
+      raise ValueError(
+          f'qk_norm_type must be one of {QK_NORM_TYPES}, got '
+          f'{self.qk_norm_type!r}.'
+      )
+    if not 0.0 <= self.atten_dropout_prob < 1.0:
+      raise ValueError(
+          'atten_dropout_prob must be in [0, 1), got '
+          f'{self.atten_dropout_prob}.'
+      )
+    if self.use_qk_norm:
+      norm_p = self.norm_tpl.clone().set(
+          dim=self.dim_per_head,
+          epsilon=self.ln_epsilon,
+          use_bias=self.use_ln_bias,
+          use_centering=self.qk_norm_type == 'layernorm',
+      )
+      self.create_child('q_norm', norm_p)
+      self.create_child('k_norm', norm_p)
+    self.create_child(
+        'atten_dropout',
+        self.dropout_tpl.clone().set(keep_prob=1.0 - self.atten_dropout_prob),
+    )
+
+  def _shard_blnh(self, x: JTensor) -> JTensor:
+    return base_layer.maybe_shard(
+        x, self.activation_split_dims_mapping.blnh, self.mesh_axis_names
+    )
+
+  def logits(self, query: JTensor, key: JTensor) -> JTensor:
+    """Pre-mask attention logits.
+
+    Args:
+      query: [B, T, N, H] projected queries.
+      key: [B, S, N, H] projected keys.
+
+    Returns:
+      float32 logits [B, N, T, S], QK-normed and scaled by 1/sqrt(H).
+    """
+    if self.use_qk_norm:
+      query = self.q_norm(query)
+      key = self.k_norm(key)
+    # Scaling the [B, T, N, H] query is cheaper than the [B, N, T, S] logits.
+    query = query * jnp.asarray(self.dim_per_head**-0.5, query.dtype)
+    logits = jnp.einsum('BTNH,BSNH->BNTS', query, key)
+    blnh = self.activation_split_dims_mapping.blnh
+    bnts = None if blnh is None else (blnh[0], blnh[2], None, None)
+    logits = base_layer.maybe_shard(logits, bnts, self.mesh_axis_names)
+    return logits.astype(jnp.float32)
+
+  def __call__(
+      self,
+      query: JTensor,
+      key: JTensor,
+      value: JTensor,
+      atten_mask: JTensor | None,
+  ) -> tuple[JTensor, JTensor]:
+    """Attends `query` over `key`/`value`.
+
+    Args:
+      query: [B, T, N, H].
+      key: [B, S, N, H].
+      value: [B, S, N, H].
+      atten_mask: Additive mask [1|B, 1, 1|T, S], or None for no mask.
+
+    Returns:
+      (context [B, T, N, H], probs [B, N, T, S]).
+    """
+    b, s, n, h = key.shape
+    if h != self.dim_per_head or value.shape != key.shape:
+      raise ValueError(
+          f'key/value must be [B, S, N, {self.dim_per_head}]; got key '
+          f'{key.shape}, value {value.shape}.'
+      )
+    if query.shape[0] != b or query.shape[2:] != (n, h):
+      raise ValueError(f'query {query.shape} does not match key {key.shape}.')
+    check_mask(atten_mask, b, query.shape[1], s)
+    query = self._shard_blnh(query)
+    key = self._shard_blnh(key)
+    value = self._shard_blnh(value)
+
+    logits = self.logits(query, key)
+    logits = checkpoint_name(logits, 'logits')
+    self.add_summary('max_logit', jnp.max(jnp.abs(logits)), verbosity=4)
+    if atten_mask is not None:
+      logits = py_utils.apply_mask_to_logits(logits, atten_mask)
+    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    probs = self.atten_dropout(probs)
+    context = jnp.einsum('BNTS,BSNH->BTNH', probs, value)
+    context = checkpoint_name(context, 'context')
+    return self._shard_blnh(context), probs

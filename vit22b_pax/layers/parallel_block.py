@@ -1,0 +1,188 @@
+"""ViT-22B parallel encoder block (Dehghani et al. 2023, Sec. 2).
+
+  y = x + Attn(LN(x)) + MLP(LN(x))
+
+with ONE shared pre-LN, ONE fused input matmul producing q, k, v and the
+MLP-in activations, and ONE fused output matmul consuming the attention
+context and the MLP hidden activations, with one bias.
+
+Weight layout. The fused weights are grouped by head so that sharding the
+head axis N over the 'model' mesh axis gives every device whole heads plus
+an equal F/N slice of the MLP, with no resharding between the fused matmul
+and its consumers:
+
+  w_in  [D, N, K], K = 3H + F/N: per head n, columns [q_n | k_n | v_n | m_n]
+        where m_n are MLP hidden units n*F/N ... (n+1)*F/N - 1.
+  w_out [N, J, D], J = H + F/N: per head n, rows [context_n | m_n].
+  b_in  the MLP-in bias [F] (read as [N, F/N]), or [N*K] (read as [N, K])
+        covering q, k, v too when use_qkv_bias; absent when both are off.
+  b_out [D], present when use_mlp_bias (it is also the attention-out bias).
+
+So w_in is one D x (3NH + F) matrix and w_out one (NH + F) x D matrix; a
+flat [q | k | v | mlp] checkpoint (timm, Flax) converts by a reshape and a
+transpose. Requires F % N == 0 (true of every ViT preset: N divides D and F
+is a multiple of D).
+
+Initialization: WeightHParams name the fan axes (fan-in D for w_in, N*J for
+w_out), so fan-in based inits (e.g. WeightInit.GaussianSqrtFanIn) match the
+unfused layers; the praxis default Xavier also uses the fused fan-out.
+
+Remat names: 'combined_qkv_proj' (fused input projection), 'logits',
+'context', 'out_proj' (fused output projection), as praxis checkpoint
+policies expect.
+"""
+
+from __future__ import annotations
+
+from jax import numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+from praxis import py_utils
+from praxis import pytypes
+
+from vit22b_pax.layers import attention_core
+from vit22b_pax.layers import block_base
+
+JTensor = pytypes.JTensor
+NestedMap = py_utils.NestedMap
+
+
+class ParallelBlock(block_base.BlockBase):
+  """ViT-22B parallel block: y = x + Attn(LN(x)) + MLP(LN(x)).
+
+  Fields, sharding and defaults are those of `block_base.BlockBase` (the
+  ViT-22B choices: QK-norm on, no q/k/v or LayerNorm biases, MLP biases on).
+  Variables: 'ln' (scale [D], bias [D] if use_ln_bias), 'w_in' [D, N, K],
+  'b_in', 'w_out' [N, J, D], 'b_out' [D], 'attention/q_norm' and
+  'attention/k_norm' (scale [H] each) -- see the module docstring.
+  """
+
+  @property
+  def mlp_per_head(self) -> int:
+    """F / N, the MLP hidden units grouped with each head."""
+    return self.hidden_dims // self.num_heads
+
+  def setup(self) -> None:
+    self._setup_common()
+    if self.hidden_dims % self.num_heads:
+      raise ValueError(
+          f'ParallelBlock groups the MLP by head: hidden_dims '
+          f'({self.hidden_dims}) must be divisible by num_heads '
+          f'({self.num_heads}).'
+      )
+    d, n, h = self.input_dims, self.num_heads, self.head_dim
+    fn = self.mlp_per_head
+    wp = self.weight_split_dims_mapping
+    self.create_child('ln', self._norm_config())
+    self.create_child('activation', self.activation_tpl.clone())
+    self.create_child(
+        'relu_dropout',
+        self.dropout_tpl.clone().set(keep_prob=1.0 - self.relu_dropout_prob),
+    )
+    self.create_variable(
+        'w_in',
+        attention_core.weight_hparams(
+            self, [d, n, 3 * h + fn], wp.in_proj,
+            fan_in_axes=[0], fan_out_axes=[1, 2],
+        ),
+    )
+    # Biases are 1-D (head-major flattening of [N, *]) so that optimizers
+    # and weight-decay rules keyed on rank treat them as vectors.
+    in_bias_split = attention_core.select_dims(wp.in_proj, (1,))
+    if self.use_qkv_bias:
+      self.create_variable(
+          'b_in',
+          attention_core.bias_hparams(self, [n * (3 * h + fn)], in_bias_split),
+      )
+    elif self.use_mlp_bias:
+      self.create_variable(
+          'b_in', attention_core.bias_hparams(self, [n * fn], in_bias_split)
+      )
+    self.create_variable(
+        'w_out',
+        attention_core.weight_hparams(
+            self, [n, h + fn, d], wp.out_proj,
+            fan_in_axes=[0, 1], fan_out_axes=[2],
+        ),
+    )
+    if self.use_mlp_bias:
+      self.create_variable(
+          'b_out',
+          attention_core.bias_hparams(
+              self, [d], attention_core.select_dims(wp.out_proj, (2,))
+          ),
+      )
+
+  def _project(
+      self, x: JTensor
+  ) -> tuple[JTensor, JTensor, JTensor, JTensor]:
+    """Fused input projection of the normed x [B, T, D].
+
+    Returns:
+      q, k, v [B, T, N, H] and the MLP pre-activations [B, T, N, F/N].
+    """
+    h = self.head_dim
+    fused = jnp.einsum('BTD,DNK->BTNK', x, self.theta.w_in)
+    fused = checkpoint_name(fused, 'combined_qkv_proj')
+    fused = self._shard_blnh(fused)
+    n = self.num_heads
+    if self.use_qkv_bias:
+      fused = fused + self.theta.b_in.reshape(n, -1)
+    q = fused[..., :h]
+    k = fused[..., h : 2 * h]
+    v = fused[..., 2 * h : 3 * h]
+    mlp = fused[..., 3 * h :]
+    if self.use_mlp_bias and not self.use_qkv_bias:
+      mlp = mlp + self.theta.b_in.reshape(n, -1)
+    return q, k, v, mlp
+
+  def attention_logits(self, inputs: JTensor) -> JTensor:
+    """Pre-mask attention logits [B, N, T, T] of inputs [B, T, D].
+
+    For diagnostics (logit growth, the reason for QK-norm); the forward pass
+    computes the same values.
+    """
+    q, k, _, _ = self._project(self.ln(inputs))
+    return self.attention.logits(q, k)
+
+  def __call__(
+      self,
+      inputs: JTensor,
+      paddings: JTensor | None = None,
+      attention_mask: JTensor | None = None,
+      cross_inputs: JTensor | None = None,
+      cross_attention_mask: JTensor | None = None,
+      segment_pos: JTensor | None = None,
+      segment_ids: JTensor | None = None,
+  ) -> tuple[JTensor, NestedMap]:
+    """Applies the block.
+
+    Args:
+      inputs: [B, T, D].
+      paddings: [B, T], 1.0 at padded tokens; only used to build the mask when
+        attention_mask is None.
+      attention_mask: Additive self-attention mask [1|B, 1, 1|T, T] as built
+        by praxis StackedTransformer (paddings folded in), or None.
+      cross_inputs: Must be None (no cross attention).
+      cross_attention_mask: Ignored when cross_inputs is None.
+      segment_pos: Unused: positions come from the patch embedding.
+      segment_ids: Unused (packed inputs are rejected in setup).
+
+    Returns:
+      (outputs [B, T, D], NestedMap(self_atten=probs [B, N, T, T])).
+    """
+    del cross_attention_mask, segment_pos, segment_ids
+    mask = self._atten_mask(inputs, paddings, attention_mask, cross_inputs)
+    inputs = self._shard_bld(inputs)
+    q, k, v, mlp = self._project(self.ln(inputs))
+    context, probs = self.attention(q, k, v, mask)
+    hidden = self.relu_dropout(self.activation(mlp))
+    # One matmul for attention-out and MLP-out: concat along the per-head
+    # contraction dim J = H + F/N.
+    fused = self._shard_blnh(jnp.concatenate([context, hidden], axis=-1))
+    out = jnp.einsum('BTNJ,NJD->BTD', fused, self.theta.w_out)
+    if self.use_mlp_bias:
+      out = out + self.theta.b_out
+    out = checkpoint_name(out, 'out_proj')
+    out = self._shard_bld(out)
+    out = self._add_branch(inputs, out)
+    return self._shard_bld(out), NestedMap(self_atten=probs)
