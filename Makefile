@@ -4,6 +4,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# A Python 3.10 interpreter; empty: scripts/find_python310.sh finds one.
+PYTHON310 ?=
 # Where `make train` puts the embedded dataset and the job directory.
 DATA_DIR ?= data/shapes
 JOB_DIR ?= runs/train_cpu
@@ -13,7 +15,7 @@ JOB_DIR ?= runs/train_cpu
 venv: $(STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
-	@py=$$(scripts/find_python310.sh) || exit 1; \
+	@py="$(PYTHON310)"; [ -n "$$py" ] || py=$$(scripts/find_python310.sh) || exit 1; \
 	  echo "creating $(VENV) with $$py"; \
 	  rm -rf $(VENV) && "$$py" -m venv $(VENV)
 	$(PY) -m pip install --quiet --no-deps -r requirements.lock
@@ -23,10 +25,21 @@ $(STAMP): requirements.lock pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The main job: the embedded dataset (made if missing), ViTShapesCPU through
+# the real paxml launcher (re-running resumes from the last checkpoint), then
+# the run's summary, also written to $(JOB_DIR)/summary.json.
+train: $(STAMP)
+	$(PY) -m vit22b_pax.tools.make_dataset shapes --out $(DATA_DIR)
+	$(PY) -m paxml.main \
+	  --fdl_config=vit22b_pax.experiments.ViTShapesCPU \
+	  --fdl.DATA_DIR="'$(DATA_DIR)'" \
+	  --job_log_dir=$(JOB_DIR)
+	$(PY) -m vit22b_pax.tools.train_summary --job_log_dir=$(JOB_DIR)
+
 # Re-resolves pyproject.toml's dependencies in a scratch venv and rewrites the
 # lock file. Needs the package registry; review the diff before committing.
 lock:
-	@py=$$(scripts/find_python310.sh) || exit 1; \
+	@py="$(PYTHON310)"; [ -n "$$py" ] || py=$$(scripts/find_python310.sh) || exit 1; \
 	  rm -rf .venv-lock && "$$py" -m venv .venv-lock && \
 	  .venv-lock/bin/pip install --quiet -e '.[dev]' && \
 	  { sed -n '1,3p' requirements.lock; \
