@@ -33,8 +33,9 @@ train: $(STAMP)
 	$(PY) -m paxml.main \
 	  --fdl_config=vit22b_pax.experiments.ViTShapesCPU \
 	  --fdl.DATA_DIR="'$(DATA_DIR)'" \
-	  --job_log_dir=$(JOB_DIR)
-	$(PY) -m vit22b_pax.tools.train_summary --job_log_dir=$(JOB_DIR)
+	  --job_log_dir=$(JOB_DIR) --eval_on_test
+	$(PY) -m vit22b_pax.tools.train_summary --job_log_dir=$(JOB_DIR) \
+	  --data_dir=$(DATA_DIR)
 
 # Re-resolves pyproject.toml's dependencies in a scratch venv and rewrites the
 # lock file. Needs the package registry; review the diff before committing.

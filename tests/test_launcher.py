@@ -10,6 +10,9 @@
    resampled table and its head is fresh with 5 outputs.
 4. Overrides that would be dropped, misspelled knobs and invalid
    combinations fail before anything compiles.
+Plus, in-process: vit22b_pax.main's argv rewriting, and every
+experiments/*.sh recipe run with a stand-in Python that records the command
+lines, whose overrides must be valid knobs passing the experiment's checks.
 """
 
 import math
@@ -26,6 +29,8 @@ import jax
 from jax.experimental.array_serialization import serialization
 import numpy as np
 
+from vit22b_pax import experiments
+from vit22b_pax import main as vit_main
 from vit22b_pax.layers import patch_embedding
 from vit22b_pax.tools import train_summary
 
@@ -83,7 +88,8 @@ class LauncherTest(absltest.TestCase):
               '--fdl.EVAL_INTERVAL_STEPS=5']
     cls.first = _run(
         'paxml.main', f'--fdl_config={_SMOKE}', f'--job_log_dir={cls.job}',
-        '--fdl.NUM_TRAIN_STEPS=10', *common,
+        '--fdl.NUM_TRAIN_STEPS=10', '--fdl.PEAK_FLOPS_PER_DEVICE=125e9',
+        *common,
     )
     cls.first_steps = _steps(cls.job)
     cls.second = None
@@ -112,7 +118,10 @@ class LauncherTest(absltest.TestCase):
     self.assertEqual(self.first_steps, [0, 5, 10])
     self._assert_logged(r"knobs overridden: \{.*'NUM_TRAIN_STEPS': 10[,}]",
                         self.first)
-    self._assert_logged(r'step 10: [\d.]+ examples/sec', self.first)
+    # Throughput and MFU (the knob gave this CPU a peak) while training.
+    self._assert_logged(
+        r'step 10: [\d.]+ examples/sec, MFU [\d.]+%', self.first
+    )
 
   def test_main_exp_override_resumes_from_checkpoint(self):
     self._assert_ok(self.second)
@@ -201,6 +210,31 @@ class LauncherTest(absltest.TestCase):
     self.assertFalse((self.tmp / 'invalid' / 'checkpoints').exists())
 
 
+class MainArgvTest(absltest.TestCase):
+  """vit22b_pax.main turns paxml.main's --exp into the --fdl_config path."""
+
+  def test_exp_becomes_fdl_config_and_the_rest_is_kept(self):
+    for exp_args in (['--exp=a.b.C'], ['--exp', 'a.b.C']):
+      self.assertEqual(
+          vit_main.rewrite_argv(
+              ['main', *exp_args, '--job_log_dir=/j', '--fdl.K=1', '--mode',
+               'train']
+          ),
+          ['main', '--fdl_config=a.b.C', '--job_log_dir=/j', '--fdl.K=1',
+           '--mode', 'train'],
+      )
+
+  def test_without_exp_nothing_changes(self):
+    argv = ['main', '--fdl_config=a.b.C', '--fdl.K=1']
+    self.assertEqual(vit_main.rewrite_argv(argv), argv)
+
+  def test_exp_with_a_base_config_is_refused(self):
+    with self.assertRaisesRegex(SystemExit, 'either --exp or --fdl_config'):
+      vit_main.rewrite_argv(['main', '--exp=a.b.C', '--fdl_config=a.b.D'])
+    with self.assertRaisesRegex(SystemExit, 'more than once'):
+      vit_main.rewrite_argv(['main', '--exp=a.b.C', '--exp=a.b.D'])
+
+
 class LaunchRecipeTest(absltest.TestCase):
   """experiments/*.sh as written, with a stand-in for the Python binary.
 
@@ -224,7 +258,7 @@ class LaunchRecipeTest(absltest.TestCase):
     stub.write_text(
         '#!/usr/bin/env bash\n'
         'printf "%s\\n" "LIBTPU_INIT_ARGS=$LIBTPU_INIT_ARGS" '
-        '"XLA_FLAGS=$XLA_FLAGS" "$@" > "$(mktemp -p "$CALLS" call.XXXX)"\n'
+        '"XLA_FLAGS=$XLA_FLAGS" "$@" > "$CALLS/call.$(date +%s%N)"\n'
     )
     stub.chmod(0o755)
     calls = tmp / 'calls'
@@ -235,11 +269,10 @@ class LaunchRecipeTest(absltest.TestCase):
         capture_output=True, text=True, timeout=60, check=False,
     )
     self.assertEqual(proc.returncode, 0, proc.stderr)
+    # File names are nanosecond times: sorted = in the order of the calls.
     return [p.read_text().splitlines() for p in sorted(calls.iterdir())]
 
   def _check_paxml_call(self, argv):
-    from vit22b_pax import experiments  # pylint: disable=g-import-not-at-top
-
     self.assertEqual(argv[2:4], ['-m', 'paxml.main'])
     (config,) = [a for a in argv if a.startswith('--fdl_config=')]
     cls = getattr(experiments, config.split('.')[-1])

@@ -24,6 +24,11 @@ are never dropped silently:
     computed from the knobs where they are used, so overriding a base knob
     updates them.
 
+paxml evaluates during training only with `--eval_on_test` (validate() warns
+without it). Progress lines (step, loss, metrics, steps/s, examples/s and,
+given PEAK_FLOPS_PER_DEVICE, MFU) come every SUMMARY_INTERVAL_STEPS, and eval
+also reports mAP over the whole eval split ('map_dataset').
+
 The family (all on one code path; subclasses only override knobs):
   ViT22BJFT         the paper's pre-training run.
   ViTMid            a mid-size model on synthetic data, for benchmarks.
@@ -662,6 +667,11 @@ class ViT22BJFT(KnobbedExperiment):
               f'axis size {data} (ICI_MESH_SHAPE={self.ICI_MESH_SHAPE}, '
               f'DCN_MESH_SHAPE={self.DCN_MESH_SHAPE}).'
           )
+    if self.GLOBAL_BATCH_SIZE % jax.process_count():
+      errors.append(
+          f'GLOBAL_BATCH_SIZE={self.GLOBAL_BATCH_SIZE} is not divisible by '
+          f'the {jax.process_count()} processes (hosts).'
+      )
     if self.WARMUP_STEPS + self.COOLDOWN_STEPS > self.NUM_TRAIN_STEPS:
       errors.append(
           f'WARMUP_STEPS={self.WARMUP_STEPS} + COOLDOWN_STEPS='
@@ -921,26 +931,32 @@ class ViT22BJFT(KnobbedExperiment):
 
 @experiment_registry.register
 class ViTMid(ViT22BJFT):
-  """A mid-size ViT (models.PRESETS['mid']) on synthetic data: benchmarks."""
+  """A mid-size ViT (models.PRESETS['mid']) on synthetic data: benchmarks.
+
+  ViT-B widths at the paper's 256 tokens (~0.14 TFLOP per training image):
+  the defaults take a few steps on a CPU; on an accelerator raise
+  GLOBAL_BATCH_SIZE / NUM_TRAIN_STEPS and set PEAK_FLOPS_PER_DEVICE to log
+  MFU, e.g. --fdl.PEAK_FLOPS_PER_DEVICE=275e12 on a TPUv4 chip.
+  """
 
   MODEL_SIZE = 'mid'
   MAP_IN_TRAINING = True
   DATA_SOURCE = 'synthetic'
   NUM_CLASSES = 1_000
-  GLOBAL_BATCH_SIZE = 64
-  EVAL_BATCH_SIZE = 64
+  GLOBAL_BATCH_SIZE = 8
+  EVAL_BATCH_SIZE = 8
   EVAL_NUM_BATCHES = 1
-  NUM_TRAIN_STEPS = 200
-  WARMUP_STEPS = 20
-  RSQRT_TIMESCALE = 20
-  COOLDOWN_STEPS = 40
+  NUM_TRAIN_STEPS = 20
+  WARMUP_STEPS = 2
+  RSQRT_TIMESCALE = 10
+  COOLDOWN_STEPS = 4
   FPROP_DTYPE = 'float32'
   ICI_MESH_SHAPE = None
   PEAK_FLOPS_PER_DEVICE = None
   SAVE_INTERVAL_STEPS = 1_000
-  SUMMARY_INTERVAL_STEPS = 10
-  STEPS_PER_SEC_INTERVAL_STEPS = 10
-  EVAL_INTERVAL_STEPS = 100
+  SUMMARY_INTERVAL_STEPS = 5
+  STEPS_PER_SEC_INTERVAL_STEPS = 5
+  EVAL_INTERVAL_STEPS = 20
 
 
 @experiment_registry.register
