@@ -192,12 +192,13 @@ def parallel_block(p, x, flags, key_padding=None, return_logits=False):
   k = np.einsum('btd,dnh->btnh', y, wk)
   v = np.einsum('btd,dnh->btnh', y, wv)
   m = y @ w1
+  # b_in is head-major [N * W]: per head q, k, v biases (if any), then the
+  # head's F/N MLP-in biases (if any).
   if flags['use_qkv_bias']:
-    b = p['b_in'].reshape(n, k_width)  # Head-major [N * K].
+    b = p['b_in'].reshape(n, -1)
     q, k, v = q + b[:, :h], k + b[:, h : 2 * h], v + b[:, 2 * h : 3 * h]
-    m = m + b[:, 3 * h :].reshape(f)
-  elif flags['use_mlp_bias']:
-    m = m + p['b_in']
+  if flags['use_mlp_bias']:
+    m = m + p['b_in'].reshape(n, -1)[:, -(f // n) :].reshape(f)
   qn, kn = _qk_norms(p, flags)
   ctx, logits = attention(q, k, v, key_padding, qn, kn)
   if return_logits:

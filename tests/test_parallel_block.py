@@ -134,7 +134,7 @@ class ParallelBlockTest(parameterized.TestCase):
       (
           'qkv_bias_without_mlp_bias',
           dict(use_qkv_bias=True, use_mlp_bias=False, use_qk_norm=False),
-          {'w_in': (16, 4, 28), 'b_in': (112,), 'w_out': (4, 20, 16),
+          {'w_in': (16, 4, 28), 'b_in': (48,), 'w_out': (4, 20, 16),
            'ln/scale': (16,)},
       ),
   )

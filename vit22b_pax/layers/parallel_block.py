@@ -14,8 +14,9 @@ and its consumers:
   w_in  [D, N, K], K = 3H + F/N: per head n, columns [q_n | k_n | v_n | m_n]
         where m_n are MLP hidden units n*F/N ... (n+1)*F/N - 1.
   w_out [N, J, D], J = H + F/N: per head n, rows [context_n | m_n].
-  b_in  the MLP-in bias [F] (read as [N, F/N]), or [N*K] (read as [N, K])
-        covering q, k, v too when use_qkv_bias; absent when both are off.
+  b_in  [N * W] read as [N, W]: per head the q, k, v biases (3H, when
+        use_qkv_bias) then the MLP-in bias (F/N, when use_mlp_bias); absent
+        when both are off, so no parameter exists for a disabled bias.
   b_out [D], present when use_mlp_bias (it is also the attention-out bias).
 
 So w_in is one D x (3NH + F) matrix and w_out one (NH + F) x D matrix; a
@@ -61,6 +62,12 @@ class ParallelBlock(block_base.BlockBase):
     """F / N, the MLP hidden units grouped with each head."""
     return self.hidden_dims // self.num_heads
 
+  @property
+  def in_bias_width(self) -> int:
+    """Per-head width W of b_in: 3H for q/k/v bias plus F/N for MLP-in."""
+    width = 3 * self.head_dim if self.use_qkv_bias else 0
+    return width + (self.mlp_per_head if self.use_mlp_bias else 0)
+
   def setup(self) -> None:
     self._setup_common()
     if self.hidden_dims % self.num_heads:
@@ -85,17 +92,16 @@ class ParallelBlock(block_base.BlockBase):
             fan_in_axes=[0], fan_out_axes=[1, 2],
         ),
     )
-    # Biases are 1-D (head-major flattening of [N, *]) so that optimizers
+    # Biases are 1-D (head-major flattening of [N, W]) so that optimizers
     # and weight-decay rules keyed on rank treat them as vectors.
-    in_bias_split = attention_core.select_dims(wp.in_proj, (1,))
-    if self.use_qkv_bias:
+    if self.in_bias_width:
       self.create_variable(
           'b_in',
-          attention_core.bias_hparams(self, [n * (3 * h + fn)], in_bias_split),
-      )
-    elif self.use_mlp_bias:
-      self.create_variable(
-          'b_in', attention_core.bias_hparams(self, [n * fn], in_bias_split)
+          attention_core.bias_hparams(
+              self,
+              [n * self.in_bias_width],
+              attention_core.select_dims(wp.in_proj, (1,)),
+          ),
       )
     self.create_variable(
         'w_out',
@@ -124,15 +130,16 @@ class ParallelBlock(block_base.BlockBase):
     fused = jnp.einsum('BTD,DNK->BTNK', x, self.theta.w_in)
     fused = checkpoint_name(fused, 'combined_qkv_proj')
     fused = self._shard_blnh(fused)
-    n = self.num_heads
-    if self.use_qkv_bias:
-      fused = fused + self.theta.b_in.reshape(n, -1)
     q = fused[..., :h]
     k = fused[..., h : 2 * h]
     v = fused[..., 2 * h : 3 * h]
     mlp = fused[..., 3 * h :]
-    if self.use_mlp_bias and not self.use_qkv_bias:
-      mlp = mlp + self.theta.b_in.reshape(n, -1)
+    if self.in_bias_width:
+      b = self.theta.b_in.reshape(self.num_heads, self.in_bias_width)
+      if self.use_qkv_bias:
+        q, k, v = q + b[:, :h], k + b[:, h : 2 * h], v + b[:, 2 * h : 3 * h]
+      if self.use_mlp_bias:
+        mlp = mlp + b[:, -self.mlp_per_head :]
     return q, k, v, mlp
 
   def attention_logits(self, inputs: JTensor) -> JTensor:
