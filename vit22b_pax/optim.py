@@ -69,9 +69,8 @@ MIN_DIM_SIZE_TO_FACTOR = 32
 # 'params/encoder/repeat/sub/x_layers_0/w_in' (StackedTransformerRepeated).
 # Kernels are the variables named 'w' or 'w_*' (praxis and vit22b_pax.layers
 # naming; 'kernel' for Flax-style layers), the analogue of big_vision's
-# '.*/kernel$'. Biases ('b', 'b_*', some of them rank 2 like the parallel
-# block's [N, F/N] MLP-in bias), norm 'scale'/'bias', 'pos_emb' and the MAP
-# 'probe' match no rule and are not decayed.
+# '.*/kernel$'. Biases ('b', 'b_*'), norm 'scale'/'bias', 'pos_emb' and the
+# MAP 'probe' match no rule and are not decayed.
 HEAD_KERNEL_REGEX = r'^params/head/w$'
 KERNEL_REGEX = r'(^|/)(w|w_\w+|kernel)$'
 
