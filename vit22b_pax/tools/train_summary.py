@@ -3,9 +3,10 @@ r"""Summarizes a finished training run from its job directory.
 Reads the TensorBoard summaries paxml wrote under <job_log_dir>/summaries,
 prints a readable summary and writes <job_log_dir>/summary.json with keys:
 steps, train_loss_first, train_loss_last, eval_precision_at_1, eval_map,
-eval_step, chance_map, examples_per_sec and bad_records (records the inputs
-skipped because they failed to decode, summed over inputs and hosts; null
-when the inputs wrote no counts).
+eval_step, chance_map, examples_per_sec and bad_records (how many times the
+inputs skipped a record that failed to decode, summed over inputs and hosts:
+a bad record counts once per pass read, see data/README.md; null when the
+inputs wrote no counts).
 
   python -m vit22b_pax.tools.train_summary --job_log_dir=runs/train_cpu \
       --data_dir=data/shapes
@@ -122,7 +123,8 @@ def format_summary(summary: dict[str, object]) -> str:
       f"eval mAP              {fmt(summary['eval_map'])}"
       f"   (chance level {fmt(summary['chance_map'])})",
       f"examples/sec (train)  {fmt(summary['examples_per_sec'], '.1f')}",
-      f"bad records           {summary['bad_records']}",
+      # Skips, not distinct records: see data/README.md.
+      f"bad record skips      {summary['bad_records']}",
   ]
   return '\n'.join(lines)
 

@@ -1,0 +1,200 @@
+"""One end-to-end training run on a generated dataset with a corrupt record.
+
+setUpClass does the expensive work once, as subprocesses on one CPU device:
+
+1. `python -m vit22b_pax.tools.make_dataset shapes` writes a small shapes
+   dataset (1,536 train / 64 eval images at 24 px);
+2. one corrupt record (a valid tf.Example whose image/encoded is not an
+   image) is put first in train shard 0;
+3. `python -m paxml.main --fdl_config=...ViTShapesCPU` trains the tiny
+   preset on it for 8 steps, evaluating on the eval split (--eval_on_test);
+4. `python -m vit22b_pax.tools.train_summary` writes summary.json.
+
+The tests check the summary (step count, losses, eval mAP, the chance
+level, and exactly one bad record), the checkpoints and the TensorBoard
+files.
+
+Why 1,536 train images: the training input counts a bad record each time a
+pass over the split reads it, and its 1,000-example shuffle buffer reads
+ahead. With a few hundred images the run would read the split ~10 times
+before the first step (bad_records ~10); with 1,536 the ~1,150 records this
+run reads hold the corrupt one exactly once (TensorFlow logs one decode
+error, asserted below), so the exact expected count is 1.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+import tensorflow as tf
+
+from vit22b_pax.input import data_format
+from vit22b_pax.input import stats
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+_STEPS = 8
+_NUM_TRAIN = 1536
+_NUM_EVAL = 64
+_SUMMARY_KEYS = (
+    'steps', 'train_loss_first', 'train_loss_last', 'eval_precision_at_1',
+    'eval_map', 'chance_map', 'examples_per_sec', 'bad_records',
+)
+# What ignore_errors logs (WARNING) for each record it skips.
+_SKIP_LOG = 'Error raised with error message'
+
+
+def _run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+  env = dict(os.environ)
+  # One CPU device (conftest simulates 8 for in-process tests).
+  env['XLA_FLAGS'] = ''
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['CUDA_VISIBLE_DEVICES'] = ''
+  # WARNING level: TensorFlow's log of each skipped record stays visible.
+  env['TF_CPP_MIN_LOG_LEVEL'] = '1'
+  return subprocess.run(
+      [sys.executable, '-m', *args],
+      cwd=_ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+  )
+
+
+def _prepend_corrupt_record(path: str) -> None:
+  """Rewrites a shard to start with a record whose image does not decode.
+
+  First in the shard: whatever the (shuffled) file order, the training
+  input reads it while filling its shuffle buffer. dataset_info.json keeps
+  the old count, as after corruption in the wild (only eval uses it).
+  """
+  records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+  bad = data_format.make_example(b'not an image', [0], 'corrupt')
+  with tf.io.TFRecordWriter(path) as w:
+    for record in [bad] + records:
+      w.write(record)
+
+
+class TrainEndToEndTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix='vit22b_train_e2e_'))
+    cls.data = cls.tmp / 'shapes'
+    cls.job = cls.tmp / 'job'
+    cls.make = _run(
+        'vit22b_pax.tools.make_dataset', 'shapes', f'--out={cls.data}',
+        f'--num_train={_NUM_TRAIN}', f'--num_eval={_NUM_EVAL}',
+        '--image_size=24', '--train_shards=2', '--eval_shards=1',
+    )
+    cls.train = cls.summary_proc = None
+    if cls.make.returncode != 0:
+      return
+    _prepend_corrupt_record(
+        str(cls.data / data_format.shard_name('train', 0, 2))
+    )
+    cls.train = _run(
+        'paxml.main',
+        '--fdl_config=vit22b_pax.experiments.ViTShapesCPU',
+        f"--fdl.DATA_DIR='{cls.data}'",
+        "--fdl.MODEL_SIZE='tiny'",
+        '--fdl.PATCH_SIZE=4',  # tiny: 16 px / 4 = 16 tokens.
+        f'--fdl.NUM_TRAIN_STEPS={_STEPS}',
+        '--fdl.GLOBAL_BATCH_SIZE=16',
+        '--fdl.EVAL_BATCH_SIZE=32',  # The 64 eval images in 2 batches.
+        '--fdl.WARMUP_STEPS=2',
+        '--fdl.COOLDOWN_STEPS=2',
+        '--fdl.RSQRT_TIMESCALE=4',
+        f'--fdl.SAVE_INTERVAL_STEPS={_STEPS}',
+        '--fdl.SUMMARY_INTERVAL_STEPS=4',
+        '--fdl.STEPS_PER_SEC_INTERVAL_STEPS=4',
+        '--fdl.EVAL_INTERVAL_STEPS=4',  # Divides the steps: the last evals.
+        f'--job_log_dir={cls.job}',
+        '--eval_on_test',
+    )
+    if cls.train.returncode != 0:
+      return
+    cls.summary_proc = _run(
+        'vit22b_pax.tools.train_summary', f'--job_log_dir={cls.job}',
+        f'--data_dir={cls.data}',
+    )
+
+  @classmethod
+  def tearDownClass(cls):
+    shutil.rmtree(cls.tmp, ignore_errors=True)
+    super().tearDownClass()
+
+  def _assert_ok(self, proc):
+    self.assertIsNotNone(proc, 'an earlier step failed')
+    self.assertEqual(proc.returncode, 0, proc.stderr[-4000:])
+
+  def _summary(self):
+    for proc in (self.make, self.train, self.summary_proc):
+      self._assert_ok(proc)
+    path = self.job / 'summary.json'
+    self.assertTrue(path.exists(), f'no {path}')
+    return json.loads(path.read_text())
+
+  def test_summary_has_every_key_and_the_step_count(self):
+    summary = self._summary()
+    for key in _SUMMARY_KEYS:
+      self.assertIn(key, summary)
+    self.assertEqual(summary['steps'], _STEPS)  # The class default is 1,500.
+    self.assertEqual(summary['eval_step'], _STEPS)
+    for key in ('train_loss_first', 'train_loss_last'):
+      self.assertIsInstance(summary[key], float)
+      self.assertGreater(summary[key], 0.0)
+    self.assertGreater(summary['examples_per_sec'], 0.0)
+
+  def test_eval_metrics_and_chance_level(self):
+    summary = self._summary()
+    self.assertIsInstance(summary['eval_map'], float)
+    self.assertGreater(summary['eval_map'], 0.0)
+    self.assertLessEqual(summary['eval_map'], 1.0)
+    self.assertBetween(summary['eval_precision_at_1'], 0.0, 1.0)
+    # Over the whole eval split, hierarchy expanded (what the run reports).
+    self.assertAlmostEqual(
+        summary['chance_map'], stats.chance_map(str(self.data), 'eval'),
+        places=12,
+    )
+
+  def test_the_corrupt_record_is_skipped_and_counted_once(self):
+    summary = self._summary()
+    # The pipeline read the corrupt record exactly once ...
+    self.assertEqual(
+        self.train.stderr.count(_SKIP_LOG), 1,
+        [l for l in self.train.stderr.splitlines() if _SKIP_LOG in l],
+    )
+    self.assertIn('Unknown image file format', self.train.stderr)
+    # ... so the training input counted one and the eval input none.
+    self.assertEqual(
+        stats.read_input_stats(str(self.job)), {'train': 1, 'eval': 0}
+    )
+    self.assertEqual(summary['bad_records'], 1)
+
+  def test_checkpoints_and_summaries_are_written(self):
+    self._assert_ok(self.train)
+    checkpoints = self.job / 'checkpoints'
+    self.assertEqual(
+        sorted(p.name for p in checkpoints.glob('checkpoint_*')),
+        ['checkpoint_00000000', f'checkpoint_{_STEPS:08d}'],
+    )
+    # An orbax checkpoint: a state/ dir with one entry per variable.
+    state = checkpoints / f'checkpoint_{_STEPS:08d}' / 'state'
+    self.assertTrue((state / 'mdl_vars.params.head.w').is_dir())
+    for name in ('train', 'eval_test_eval'):
+      events = list(
+          (self.job / 'summaries' / name).glob('events.out.tfevents.*')
+      )
+      self.assertNotEmpty(events, name)
+
+
+if __name__ == '__main__':
+  absltest.main()
