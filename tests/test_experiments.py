@@ -144,6 +144,15 @@ class KnobTest(parameterized.TestCase):
       exp.USE_QK_NORM = 1
     exp.PEAK_LR = 1  # An int is a fine float.
     exp.ICI_MESH_SHAPE = [4, 2]
+    # Knobs whose default is None still have a type.
+    with self.assertRaisesRegex(TypeError, 'NUM_HEADS'):
+      exp.NUM_HEADS = '2'
+    with self.assertRaisesRegex(TypeError, 'IMAGE_SIZE'):
+      exp.IMAGE_SIZE = 448.0
+    with self.assertRaisesRegex(TypeError, 'PEAK_FLOPS_PER_DEVICE'):
+      exp.PEAK_FLOPS_PER_DEVICE = '275e12'
+    exp.NUM_HEADS = 4
+    exp.NUM_HEADS = None
 
   @parameterized.named_parameters(
       ('heads', dict(NUM_HEADS=3), r'NUM_HEADS=3 does not divide the width '

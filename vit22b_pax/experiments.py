@@ -106,7 +106,6 @@ def closest_name(name: str, candidates: Sequence[str]) -> str | None:
       name.upper(), list(by_upper), n=1, cutoff=0.5
   )
   return by_upper[match[0]] if match else None
-  return match[0] if match else None
 
 
 def unknown_knob_message(cls: type[Any], name: str) -> str:
@@ -118,10 +117,31 @@ def unknown_knob_message(cls: type[Any], name: str) -> str:
       f'{cls.__module__}.{cls.__name__} --list_knobs`).'
 
 
+# Knobs whose default is None in every class: the type a set value must have.
+_OPTIONAL_KNOB_EXAMPLES = {
+    'MODEL_DIMS': 0,
+    'NUM_LAYERS': 0,
+    'HIDDEN_DIMS': 0,
+    'NUM_HEADS': 0,
+    'PATCH_SIZE': 0,
+    'IMAGE_SIZE': 0,
+    'INIT_CHECKPOINT_STEP': 0,
+}
+
+
+def _knob_example(cls: type[Any], name: str) -> Any:
+  """A value showing the knob's type: the first non-None default in the MRO."""
+  for klass in cls.__mro__:
+    value = vars(klass).get(name)
+    if value is not None:
+      return value
+  return _OPTIONAL_KNOB_EXAMPLES.get(name)
+
+
 def _type_ok(default: Any, value: Any) -> bool:
-  """Whether `value` may replace a knob whose class default is `default`."""
+  """Whether `value` may replace a knob whose defaults look like `default`."""
   if default is None or value is None:
-    # Optional knobs (default None) take any value; any knob may be unset.
+    # Any knob may be unset (None); a knob never given a type takes anything.
     return True
   if isinstance(default, bool):
     return isinstance(value, bool)
@@ -170,7 +190,7 @@ class KnobbedExperiment(base_experiment.BaseExperiment):
       cls = type(self)
       if not _KNOB_RE.match(name) or not hasattr(cls, name):
         raise AttributeError(unknown_knob_message(cls, name))
-      default = getattr(cls, name)
+      default = _knob_example(cls, name)
       if not _type_ok(default, value):
         raise TypeError(
             f'Knob {name} of {cls.__name__} expects a value like '

@@ -13,7 +13,7 @@ including the experiment's own checks (misspelled knobs, invalid
 combinations), which run in `validate()` before anything is compiled.
 
 Example:
-  python -m vit22b_pax.main --exp=vit22b_pax.experiments.SmokeTiny \
+  python -m vit22b_pax.main --exp=vit22b_pax.experiments.ViTSmoke \
       --job_log_dir=/tmp/smoke --fdl.NUM_TRAIN_STEPS=20
 
 Values go through `ast.literal_eval`, so strings need quotes:
