@@ -262,6 +262,12 @@ def factored_dims(
   largest dim is >= min_dim_size_to_factor. A stable sort breaks ties, so a
   square [D, D] kernel gets row statistics over its last dim.
 
+  Rank-3 weights factor over their two largest dims, as optax and praxis do
+  for [D, N, H] attention weights: the parallel block's w_in [D, N, K] keeps
+  statistics [N, K] and [D, N], finer than the [D] x [3NH + F] a flat 2-D
+  fused kernel would get (big_vision), and not identical to what the
+  sequential block's separate q/k/v and MLP kernels get.
+
   Args:
     shape: the per-layer variable shape (repeat prefix excluded).
     min_dim_size_to_factor: the factoring threshold.
