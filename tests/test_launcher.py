@@ -21,7 +21,6 @@ import pathlib
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
@@ -29,6 +28,7 @@ import jax
 from jax.experimental.array_serialization import serialization
 import numpy as np
 
+import subprocess_runner
 from vit22b_pax import experiments
 from vit22b_pax import main as vit_main
 from vit22b_pax.layers import patch_embedding
@@ -37,24 +37,6 @@ from vit22b_pax.tools import train_summary
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _SMOKE = 'vit22b_pax.experiments.ViTSmoke'
 _FINETUNE = 'vit22b_pax.experiments.ViTSmokeFinetune'
-
-
-def _run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  # One CPU device (conftest simulates 8 for in-process tests).
-  env['XLA_FLAGS'] = ''
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['CUDA_VISIBLE_DEVICES'] = ''
-  env['TF_CPP_MIN_LOG_LEVEL'] = '2'
-  return subprocess.run(
-      [sys.executable, '-m', *args],
-      cwd=_ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-      check=False,
-  )
 
 
 def _steps(job: pathlib.Path) -> list[int]:
@@ -86,7 +68,7 @@ class LauncherTest(absltest.TestCase):
     cls.job = cls.tmp / 'smoke'
     common = ['--fdl.SAVE_INTERVAL_STEPS=5', '--fdl.SUMMARY_INTERVAL_STEPS=5',
               '--fdl.EVAL_INTERVAL_STEPS=5']
-    cls.first = _run(
+    cls.first = subprocess_runner.run_module(
         'paxml.main', f'--fdl_config={_SMOKE}', f'--job_log_dir={cls.job}',
         '--fdl.NUM_TRAIN_STEPS=10', '--fdl.PEAK_FLOPS_PER_DEVICE=125e9',
         *common,
@@ -94,7 +76,7 @@ class LauncherTest(absltest.TestCase):
     cls.first_steps = _steps(cls.job)
     cls.second = None
     if cls.first.returncode == 0:
-      cls.second = _run(
+      cls.second = subprocess_runner.run_module(
           'vit22b_pax.main', f'--exp={_SMOKE}', f'--job_log_dir={cls.job}',
           '--fdl.NUM_TRAIN_STEPS=15', '--eval_on_test', *common,
       )
@@ -147,7 +129,7 @@ class LauncherTest(absltest.TestCase):
   def test_finetune_resamples_pos_emb_and_replaces_head(self):
     self._assert_ok(self.first)
     job = self.tmp / 'finetune'
-    proc = _run(
+    proc = subprocess_runner.run_module(
         'paxml.main', f'--fdl_config={_FINETUNE}', f'--job_log_dir={job}',
         f"--fdl.INIT_CHECKPOINT_DIR='{self.job / 'checkpoints'}'",
         '--fdl.INIT_CHECKPOINT_STEP=10', '--fdl.NUM_TRAIN_STEPS=2',
@@ -175,7 +157,7 @@ class LauncherTest(absltest.TestCase):
     self.assertEqual(_read_var(job, 2, 'head.b').shape, (5,))
 
   def test_exp_with_dropped_override_fails_loudly(self):
-    proc = _run(
+    proc = subprocess_runner.run_module(
         'paxml.main', f'--exp={_SMOKE}',
         f'--job_log_dir={self.tmp / "dropped"}', '--fdl.NUM_TRAIN_STEPS=7',
     )
@@ -186,7 +168,7 @@ class LauncherTest(absltest.TestCase):
     self.assertFalse((self.tmp / 'dropped' / 'checkpoints').exists())
 
   def test_misspelled_knob_fails_naming_the_closest(self):
-    proc = _run(
+    proc = subprocess_runner.run_module(
         'vit22b_pax.main', f'--exp={_SMOKE}',
         f'--job_log_dir={self.tmp / "typo"}', '--fdl.NUM_TRAIN_STEP=7',
     )
@@ -196,7 +178,7 @@ class LauncherTest(absltest.TestCase):
     )
 
   def test_invalid_combination_fails_before_compiling(self):
-    proc = _run(
+    proc = subprocess_runner.run_module(
         'paxml.main', f'--fdl_config={_SMOKE}',
         f'--job_log_dir={self.tmp / "invalid"}', '--fdl.WARMUP_STEPS=30',
     )

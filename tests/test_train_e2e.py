@@ -23,16 +23,15 @@ error, asserted below), so the exact expected count is 1.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
 import tensorflow as tf
 
+import subprocess_runner
 from vit22b_pax.input import data_format
 from vit22b_pax.input import stats
 
@@ -49,22 +48,8 @@ _SKIP_LOG = 'Error raised with error message'
 
 
 def _run(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  # One CPU device (conftest simulates 8 for in-process tests).
-  env['XLA_FLAGS'] = ''
-  env['JAX_PLATFORMS'] = 'cpu'
-  env['CUDA_VISIBLE_DEVICES'] = ''
   # WARNING level: TensorFlow's log of each skipped record stays visible.
-  env['TF_CPP_MIN_LOG_LEVEL'] = '1'
-  return subprocess.run(
-      [sys.executable, '-m', *args],
-      cwd=_ROOT,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=timeout,
-      check=False,
-  )
+  return subprocess_runner.run_module(*args, timeout=timeout, tf_log_level='1')
 
 
 def _prepend_corrupt_record(path: str) -> None:
