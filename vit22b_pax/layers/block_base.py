@@ -28,6 +28,49 @@ template_field = base_layer.template_field
 LayerTpl = pax_fiddle.Config[base_layer.BaseLayer]
 
 
+def norm_config(layer: base_layer.BaseLayer) -> LayerTpl:
+  """LayerNorm over D from a layer's norm fields (blocks and MAP head).
+
+  Args:
+    layer: a layer with norm_tpl, input_dims, ln_epsilon, use_ln_bias,
+      ln_centering and weight_split_dims_mapping.ln.
+
+  Returns:
+    The norm's config.
+  """
+  p = layer.norm_tpl.clone().set(
+      dim=layer.input_dims,
+      epsilon=layer.ln_epsilon,
+      use_bias=layer.use_ln_bias,
+      use_centering=layer.ln_centering,
+  )
+  p.weight_split_dims_mapping.wt = layer.weight_split_dims_mapping.ln
+  return p
+
+
+def attention_config(layer: base_layer.BaseLayer) -> LayerTpl:
+  """The attention core from a layer's QK-norm fields (blocks and MAP head).
+
+  Args:
+    layer: a layer with attention_tpl, head_dim, use_qk_norm, qk_norm_type,
+      use_ln_bias, ln_epsilon and activation_split_dims_mapping.blnh.
+
+  Returns:
+    The attention core's config.
+  """
+  p = layer.attention_tpl.clone().set(
+      dim_per_head=layer.head_dim,
+      use_qk_norm=layer.use_qk_norm,
+      qk_norm_type=layer.qk_norm_type,
+      use_ln_bias=layer.use_ln_bias,
+      ln_epsilon=layer.ln_epsilon,
+  )
+  p.activation_split_dims_mapping.blnh = (
+      layer.activation_split_dims_mapping.blnh
+  )
+  return p
+
+
 class BlockBase(base_layer.BaseLayer):
   """Common fields of the ViT-22B encoder blocks (not used on its own).
 
@@ -172,31 +215,18 @@ class BlockBase(base_layer.BaseLayer):
 
   def _norm_config(self) -> LayerTpl:
     """Block LayerNorm over D."""
-    p = self.norm_tpl.clone().set(
-        dim=self.input_dims,
-        epsilon=self.ln_epsilon,
-        use_bias=self.use_ln_bias,
-        use_centering=self.ln_centering,
-    )
-    p.weight_split_dims_mapping.wt = self.weight_split_dims_mapping.ln
-    return p
+    return norm_config(self)
 
   def _setup_common(self) -> None:
     """Validates fields; creates the attention core and residual dropouts."""
     self._validate()
-    atten_p = self.attention_tpl.clone().set(
-        dim_per_head=self.head_dim,
-        use_qk_norm=self.use_qk_norm,
-        qk_norm_type=self.qk_norm_type,
-        use_ln_bias=self.use_ln_bias,
-        ln_epsilon=self.ln_epsilon,
-        atten_dropout_prob=self.atten_dropout_prob,
-        dropout_tpl=self.dropout_tpl.clone(),
+    self.create_child(
+        'attention',
+        attention_config(self).set(
+            atten_dropout_prob=self.atten_dropout_prob,
+            dropout_tpl=self.dropout_tpl.clone(),
+        ),
     )
-    atten_p.activation_split_dims_mapping.blnh = (
-        self.activation_split_dims_mapping.blnh
-    )
-    self.create_child('attention', atten_p)
     self.create_child(
         'residual_dropout',
         self.dropout_tpl.clone().set(

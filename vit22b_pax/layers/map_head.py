@@ -22,6 +22,7 @@ from praxis import pytypes
 from praxis.layers import activations
 
 from vit22b_pax.layers import attention_core
+from vit22b_pax.layers import block_base
 from vit22b_pax.layers import mlp as mlp_lib
 from vit22b_pax.layers import norms
 
@@ -149,24 +150,8 @@ class MAPHead(base_layer.BaseLayer):
           'b_atten_out', bh(self, [d], select_dims(wp.out_proj, (2,)))
       )
 
-    atten_p = self.attention_tpl.clone().set(
-        dim_per_head=h,
-        use_qk_norm=self.use_qk_norm,
-        qk_norm_type=self.qk_norm_type,
-        use_ln_bias=self.use_ln_bias,
-        ln_epsilon=self.ln_epsilon,
-    )
-    atten_p.activation_split_dims_mapping.blnh = ap.blnh
-    self.create_child('attention', atten_p)
-
-    ln_p = self.norm_tpl.clone().set(
-        dim=d,
-        epsilon=self.ln_epsilon,
-        use_bias=self.use_ln_bias,
-        use_centering=self.ln_centering,
-    )
-    ln_p.weight_split_dims_mapping.wt = wp.ln
-    self.create_child('ln', ln_p)
+    self.create_child('attention', block_base.attention_config(self))
+    self.create_child('ln', block_base.norm_config(self))
 
     mlp_p = self.mlp_tpl.clone().set(
         input_dims=d,
