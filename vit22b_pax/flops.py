@@ -29,8 +29,10 @@ import jax
 from praxis import base_layer
 from praxis import py_utils
 
-# TPUv4 chip bf16 peak (REFERENCE.md).
-TPU_V4_PEAK_FLOPS = 275e12
+from vit22b_pax import recipe
+
+# TPUv4 chip bf16 peak; the source is in recipe.py.
+TPU_V4_PEAK_FLOPS = recipe.TPU_V4_PEAK_FLOPS
 # Model components of vit22b_pax.models.ViTClassifier, in forward order.
 COMPONENTS = ('patch_embed', 'encoder', 'final_ln', 'map_head', 'head')
 # Leaves that are not weight matrices even at rank >= 2: biases ('b', 'b_*',

@@ -30,6 +30,7 @@ from praxis.layers import checkpoint_policy
 from praxis.layers import transformers
 
 from vit22b_pax import metrics as metrics_lib
+from vit22b_pax import recipe
 from vit22b_pax.layers import map_head
 from vit22b_pax.layers import norms
 from vit22b_pax.layers import parallel_block
@@ -111,8 +112,8 @@ class ClassifierHead(base_layer.BaseLayer):
 
   input_dims: int = 0
   num_classes: int = 0
-  zero_init_kernel: bool = True
-  bias_init: float = -10.0
+  zero_init_kernel: bool = recipe.HEAD_ZERO_INIT
+  bias_init: float = recipe.HEAD_BIAS_INIT
 
   class WeightSharding(base_layer.BaseLayer.WeightSharding):
     """Weight split-dims mappings.
@@ -205,7 +206,7 @@ class ViTClassifier(base_model.BaseModel):
   final_ln_tpl: LayerTpl = template_field(norms.LayerNorm)
   map_head_tpl: LayerTpl = template_field(map_head.MAPHead)
   head_tpl: LayerTpl = template_field(ClassifierHead)
-  loss_type: str = 'sigmoid'
+  loss_type: str = recipe.LOSS
   image_field: str = 'image'
   label_field: str = 'labels'
   weight_field: str = 'weight'
@@ -382,16 +383,16 @@ def classifier_config(
     use_ln_bias: bool = False,
     ln_centering: bool = True,
     use_mlp_bias: bool = True,
-    ln_epsilon: float = 1e-6,
+    ln_epsilon: float = recipe.LN_EPSILON,
     scan: bool = False,
     remat_policy: str | AutodiffCheckpointType | None = 'nothing_saveable',
     fprop_dtype: Any = jnp.float32,
     dtype: Any = jnp.float32,
-    head_bias_init: float = -10.0,
-    head_zero_init: bool = True,
+    head_bias_init: float = recipe.HEAD_BIAS_INIT,
+    head_zero_init: bool = recipe.HEAD_ZERO_INIT,
     dropout: float = 0.0,
     droppath: float = 0.0,
-    loss_type: str = 'sigmoid',
+    loss_type: str = recipe.LOSS,
     map_in_training: bool = True,
     name: str = 'vit_classifier',
 ) -> pax_fiddle.Config[ViTClassifier]:

@@ -42,27 +42,27 @@ from praxis import py_utils
 from praxis import pytypes
 from praxis import schedules
 
+from vit22b_pax import recipe
+
 JTensor = pytypes.JTensor
 NestedJTensor = pytypes.NestedJTensor
 NestedWeightHParams = base_layer.NestedWeightHParams
 WeightHParams = base_layer.WeightHParams
 
-# The recipe's numbers, in one place. Source: REFERENCE.md "Training recipe"
-# (ViT-22B paper: peak LR 1e-3, 177k steps, WD 3.0 head / 0.03 body; ViT-G
-# schedule: warmup 10k, timescale 10k, cooldown 50k; Scaling-ViT Adafactor).
-PEAK_LEARNING_RATE = 1e-3
-TOTAL_STEPS = 177_000
-WARMUP_STEPS = 10_000
-TIMESCALE = 10_000
-COOLDOWN_STEPS = 50_000
-HEAD_WEIGHT_DECAY = 3.0
-BODY_WEIGHT_DECAY = 0.03
-CLIP_GRADIENT_NORM = 1.0
-BETA1 = 0.9
-BETA2_CAP = 0.999
-DECAY_RATE = 0.8
-# big_vision's scale_by_adafactor default (praxis ShardedAdafactor uses 128).
-MIN_DIM_SIZE_TO_FACTOR = 32
+# The recipe's defaults; the numbers and their sources are in recipe.py.
+PEAK_LEARNING_RATE = recipe.PEAK_LR
+TOTAL_STEPS = recipe.NUM_TRAIN_STEPS
+WARMUP_STEPS = recipe.WARMUP_STEPS
+TIMESCALE = recipe.RSQRT_TIMESCALE
+COOLDOWN_STEPS = recipe.COOLDOWN_STEPS
+HEAD_WEIGHT_DECAY = recipe.HEAD_WEIGHT_DECAY
+BODY_WEIGHT_DECAY = recipe.BODY_WEIGHT_DECAY
+CLIP_GRADIENT_NORM = recipe.GRAD_CLIP_NORM
+BETA1 = recipe.ADAFACTOR_BETA1
+BETA2_CAP = recipe.ADAFACTOR_BETA2_CAP
+DECAY_RATE = recipe.ADAFACTOR_DECAY_RATE
+# praxis ShardedAdafactor uses 128.
+MIN_DIM_SIZE_TO_FACTOR = recipe.MIN_DIM_SIZE_TO_FACTOR
 
 # Weight-decay rules match variable paths as praxis names them, e.g.
 # 'params/head/w', 'params/encoder/x_layers_0/w_in' (StackedTransformer) or
@@ -591,7 +591,7 @@ def make_optimizer(
     beta1: float = BETA1,
     beta2_cap: float = BETA2_CAP,
     decay_rate: float = DECAY_RATE,
-    momentum_dtype: str = 'bfloat16',
+    momentum_dtype: str = recipe.ADAFACTOR_MOMENTUM_DTYPE,
     min_dim_size_to_factor: int = MIN_DIM_SIZE_TO_FACTOR,
     update_clip_threshold: float | None = None,
     rules: Sequence[tuple[str, float]] | None = None,
