@@ -31,7 +31,7 @@ test: $(STAMP)
 train: $(STAMP)
 	$(PY) -m vit22b_pax.tools.make_dataset shapes --out $(DATA_DIR)
 	$(PY) -m paxml.main \
-	  --fdl_config=vit22b_pax.experiments.ViTShapesCPU \
+	  --exp=vit22b_pax.experiments.ViTShapesCPU \
 	  --fdl.DATA_DIR="'$(DATA_DIR)'" \
 	  --job_log_dir=$(JOB_DIR) --eval_on_test
 	$(PY) -m vit22b_pax.tools.train_summary --job_log_dir=$(JOB_DIR) \

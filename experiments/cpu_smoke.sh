@@ -7,11 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-JOB_DIR=${JOB_DIR:-/tmp/vit22b_pax/cpu_smoke}
+JOB_DIR=${JOB_DIR:-runs/cpu_smoke}
 
 # Knob overrides go through ast.literal_eval (strings need inner quotes).
 "$PY" -m paxml.main \
-  --fdl_config=vit22b_pax.experiments.ViTSmoke \
+  --exp=vit22b_pax.experiments.ViTSmoke \
   --job_log_dir="$JOB_DIR" \
   --eval_on_test \
   --fdl.NUM_TRAIN_STEPS=40 \

@@ -8,17 +8,17 @@
 #   JOB_DIR=gs://.../vit22b_ft448 experiments/finetune.sh
 #
 # CPU demo of the same path (what tests/test_launcher.py does):
-#   experiments/cpu_smoke.sh   # writes /tmp/vit22b_pax/cpu_smoke/checkpoints
+#   experiments/cpu_smoke.sh   # writes runs/cpu_smoke/checkpoints
 #   CPU=1 experiments/finetune.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${CPU:-0}" == 1 ]]; then
   PY=${PY:-.venv/bin/python}
-  INIT_DIR=${INIT_DIR:-/tmp/vit22b_pax/cpu_smoke/checkpoints}
+  INIT_DIR=${INIT_DIR:-runs/cpu_smoke/checkpoints}
   exec "$PY" -m paxml.main \
-    --fdl_config=vit22b_pax.experiments.ViTSmokeFinetune \
-    --job_log_dir="${JOB_DIR:-/tmp/vit22b_pax/cpu_finetune}" \
+    --exp=vit22b_pax.experiments.ViTSmokeFinetune \
+    --job_log_dir="${JOB_DIR:-runs/cpu_finetune}" \
     --eval_on_test \
     --fdl.INIT_CHECKPOINT_DIR="'$INIT_DIR'" \
     --fdl.INIT_EXPERIMENT="'vit22b_pax.experiments.ViTSmoke'" \
@@ -37,7 +37,7 @@ export LIBTPU_INIT_ARGS="\
  --xla_tpu_enable_latency_hiding_scheduler=true\
  --xla_enable_async_all_gather=true"
 "$PY" -m paxml.main \
-  --fdl_config=vit22b_pax.experiments.ViT22BFinetune \
+  --exp=vit22b_pax.experiments.ViT22BFinetune \
   --job_log_dir="$JOB_DIR" \
   --eval_on_test \
   --fdl.INIT_CHECKPOINT_DIR="'$INIT_DIR'" \

@@ -3,7 +3,8 @@
 # per host with all its GPUs. Run on every host, e.g. under SLURM:
 #   srun --ntasks-per-node=1 env NUM_HOSTS=$SLURM_NNODES \
 #     HOST_IDX=$SLURM_NODEID SERVER_ADDR=$HEAD_NODE:12345 \
-#     DATA_DIR=/data/jft JOB_DIR=/shared/runs/vit22b experiments/gpu_cluster.sh
+#     DATA_DIR=/path/to/jft JOB_DIR=/path/to/shared/runs/vit22b \
+#     experiments/gpu_cluster.sh
 #
 # Example layout: 128 hosts x 8 GPUs = 1,024 devices; within a host (NVLink)
 # 8-way model parallel, across hosts 128-way data parallel:
@@ -31,7 +32,7 @@ export XLA_FLAGS="\
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 
 "$PY" -m paxml.main \
-  --fdl_config=vit22b_pax.experiments.ViT22BJFT \
+  --exp=vit22b_pax.experiments.ViT22BJFT \
   --job_log_dir="$JOB_DIR" \
   --eval_on_test \
   --multiprocess_gpu \

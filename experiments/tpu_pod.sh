@@ -32,7 +32,7 @@ export LIBTPU_INIT_ARGS="\
  TPU_MEGACORE=MEGACORE_DENSE"
 
 "$PY" -m paxml.main \
-  --fdl_config=vit22b_pax.experiments.ViT22BJFT \
+  --exp=vit22b_pax.experiments.ViT22BJFT \
   --job_log_dir="$JOB_DIR" \
   --eval_on_test \
   --fdl.DATA_DIR="'$DATA_DIR'" \

@@ -1,29 +1,40 @@
-"""Tests for vit22b_pax.experiments: registry, knobs, validation, programs."""
+"""Tests for vit22b_pax.experiments and experiment_base: the registered family.
 
-import collections
+Registry keys, every experiment building its task, the paper's numbers, the
+device knobs set only by the TPU-pod mixin, the ablation twins, knob checks
+on a real experiment, and derived values following the knobs.
+"""
+
+import inspect
 import math
-import re
+import shutil
+import tempfile
 
 from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
 from fiddle._src.absl_flags import utils as fdl_flag_utils
 import jax
-import numpy as np
 from paxml import experiment_registry
+from paxml import main as paxml_main  # pylint: disable=unused-import
 from praxis import base_hyperparams
-from praxis import pax_fiddle
-import tensorflow as tf
 
+from vit22b_pax import experiment_base
 from vit22b_pax import experiments
+from vit22b_pax import knobs
 from vit22b_pax import models
 from vit22b_pax.layers import parallel_block
 from vit22b_pax.layers import sequential_block
 
+# Every name registered before the split into modules, written out.
+_EXPECTED = (
+    'ViT22BFinetune', 'ViT22BJFT', 'ViT22BJFTNoQKNorm', 'ViT22BJFTSequential',
+    'ViTMid', 'ViTMidNoQKNorm', 'ViTMidSequential', 'ViTShapesCPU',
+    'ViTShapesCPUNoQKNorm', 'ViTShapesCPUSequential', 'ViTSmoke',
+    'ViTSmokeFinetune', 'ViTSmokeNoQKNorm', 'ViTSmokeSequential',
+)
 _BASES = ('ViT22BJFT', 'ViTMid', 'ViTShapesCPU', 'ViTSmoke')
-_EXPECTED = set(_BASES) | {
-    f'{b}{s}' for b in _BASES for s in ('Sequential', 'NoQKNorm')
-} | {'ViT22BFinetune', 'ViTSmokeFinetune'}
+_DEVICE_KNOBS = {'FPROP_DTYPE', 'ICI_MESH_SHAPE', 'PEAK_FLOPS_PER_DEVICE'}
 
 
 def _mesh_devices(exp, default=8):
@@ -41,15 +52,19 @@ def _block_tpl(model_p):
 class RegistryTest(parameterized.TestCase):
 
   def test_registers_exactly_the_family(self):
-    self.assertEqual(set(experiments.registered()), _EXPECTED)
+    self.assertCountEqual(experiments.registered(), _EXPECTED)
+    source = inspect.getsource(experiments)
     for name, cls in experiments.registered().items():
       # The key paxml.main --exp and --fdl_config resolve.
       self.assertIs(
           experiment_registry.get(f'vit22b_pax.experiments.{name}'), cls
       )
       self.assertIs(getattr(experiments, name), cls)
+      # Written out (grep finds it), with a docstring of its own.
+      self.assertIn(f'\nclass {name}(', source)
+      self.assertIn('__doc__', vars(cls))
 
-  @parameterized.parameters(*sorted(_EXPECTED))
+  @parameterized.parameters(*_EXPECTED)
   def test_instantiates_checks_and_builds(self, name):
     exp = experiments.registered()[name]()
     exp.check(num_devices=_mesh_devices(exp))
@@ -75,16 +90,51 @@ class RegistryTest(parameterized.TestCase):
         (exp.GLOBAL_BATCH_SIZE, exp.NUM_TRAIN_STEPS, exp.NUM_CLASSES),
         (65_536, 177_000, 29_593),
     )
+    self.assertEqual(
+        (exp.PEAK_LR, exp.HEAD_WEIGHT_DECAY, exp.BODY_WEIGHT_DECAY),
+        (1e-3, 3.0, 0.03),
+    )
+    self.assertEqual(
+        (exp.WARMUP_STEPS, exp.RSQRT_TIMESCALE, exp.COOLDOWN_STEPS),
+        (10_000, 10_000, 50_000),
+    )
+    self.assertEqual((exp.FPROP_DTYPE, exp.LOSS), ('bfloat16', 'sigmoid'))
     self.assertEqual(math.prod(exp.ICI_MESH_SHAPE), 1024)
     # 65,536 images over the 64-way data axis.
     self.assertEqual(exp.GLOBAL_BATCH_SIZE // exp.data_axis_size(1024), 1024)
+    optimizer = exp.task().train.learner.optimizer
+    self.assertEqual(optimizer.learning_rate, 1e-3)
+    self.assertEqual(
+        dict(optimizer.weight_decay_rules).get(r'^params/head/w$'), 3.0
+    )
+
+  def test_only_the_pod_mixin_sets_device_knobs(self):
+    for name, cls in experiments.registered().items():
+      # No registered class (nor a registered ancestor) sets them itself...
+      for klass in cls.__mro__:
+        if klass.__module__ == experiments.__name__:
+          self.assertEmpty(_DEVICE_KNOBS & set(vars(klass)), klass.__name__)
+      # ...so an experiment without the pod mixin keeps the neutral base's.
+      if not issubclass(cls, experiment_base.TpuV4Pod):
+        exp = cls()
+        self.assertEqual(
+            (exp.FPROP_DTYPE, exp.ICI_MESH_SHAPE, exp.PEAK_FLOPS_PER_DEVICE),
+            ('float32', None, None),
+            name,
+        )
+    self.assertEqual(
+        {n for n, c in experiments.registered().items()
+         if issubclass(c, experiment_base.TpuV4Pod)},
+        {'ViT22BJFT', 'ViT22BJFTSequential', 'ViT22BJFTNoQKNorm',
+         'ViT22BFinetune'},
+    )
 
   def test_runnable_experiment_validates_here(self):
     experiments.ViTSmoke().validate()  # 8 devices: mesh (8, 1), batch 16.
 
   def test_pod_experiment_refuses_this_machine(self):
     with self.assertRaisesRegex(
-        experiments.ValidationError,
+        knobs.ValidationError,
         r'ICI_MESH_SHAPE=\(64, 16\).*1024 devices but 8 are available',
     ):
       experiments.ViT22BJFT().validate()
@@ -94,10 +144,10 @@ class RegistryTest(parameterized.TestCase):
     base_exp = experiments.registered()[base]()
     seq = experiments.registered()[base + 'Sequential']()
     noqk = experiments.registered()[base + 'NoQKNorm']()
-    base_knobs = experiments.knob_values(base_exp)
+    base_knobs = knobs.knob_values(base_exp)
     for twin, knob in ((seq, 'PARALLEL_BLOCK'), (noqk, 'USE_QK_NORM')):
       diff = {
-          k for k, v in experiments.knob_values(twin).items()
+          k for k, v in knobs.knob_values(twin).items()
           if base_knobs[k] != v
       }
       self.assertEqual(diff, {knob})
@@ -115,15 +165,6 @@ class RegistryTest(parameterized.TestCase):
 
 class KnobTest(parameterized.TestCase):
 
-  @parameterized.parameters('NUM_TRAIN_STEP', 'num_train_steps',
-                            'NUM_TRAIN_STEPSS')
-  def test_misspelled_knob_names_closest(self, name):
-    exp = experiments.ViTSmoke()
-    with self.assertRaisesRegex(
-        AttributeError, "no knob .*did you mean 'NUM_TRAIN_STEPS'"
-    ):
-      setattr(exp, name, 5)
-
   def test_misspelled_knob_through_fiddle_override_path(self):
     # The code paxml.main --fdl_config runs for --fdl.NUM_TRAIN_STEP=5.
     exp = experiments.ViTSmoke()
@@ -138,19 +179,15 @@ class KnobTest(parameterized.TestCase):
 
   def test_wrong_type_names_the_knob(self):
     exp = experiments.ViTSmoke()
-    with self.assertRaisesRegex(TypeError, 'NUM_TRAIN_STEPS'):
-      exp.NUM_TRAIN_STEPS = '10'
-    with self.assertRaisesRegex(TypeError, 'USE_QK_NORM'):
-      exp.USE_QK_NORM = 1
+    for knob, value in (('NUM_TRAIN_STEPS', '10'), ('USE_QK_NORM', 1),
+                        ('NUM_HEADS', '2'), ('IMAGE_SIZE', 448.0),
+                        ('PEAK_FLOPS_PER_DEVICE', '275e12'),
+                        ('ICI_MESH_SHAPE', (2, 2, 2)), ('LOSS', 'hinge'),
+                        ('FPROP_DTYPE', 'float16'), ('INIT_OVERRIDES', 'A=1')):
+      with self.assertRaisesRegex(TypeError, f'Knob {knob} of ViTSmoke'):
+        setattr(exp, knob, value)
     exp.PEAK_LR = 1  # An int is a fine float.
     exp.ICI_MESH_SHAPE = [4, 2]
-    # Knobs whose default is None still have a type.
-    with self.assertRaisesRegex(TypeError, 'NUM_HEADS'):
-      exp.NUM_HEADS = '2'
-    with self.assertRaisesRegex(TypeError, 'IMAGE_SIZE'):
-      exp.IMAGE_SIZE = 448.0
-    with self.assertRaisesRegex(TypeError, 'PEAK_FLOPS_PER_DEVICE'):
-      exp.PEAK_FLOPS_PER_DEVICE = '275e12'
     exp.NUM_HEADS = 4
     exp.NUM_HEADS = None
 
@@ -172,13 +209,16 @@ class KnobTest(parameterized.TestCase):
        r'divisible by the model axis size 4'),
       ('preset', dict(MODEL_SIZE='tinyy'), r"MODEL_SIZE='tinyy'.*did you "
        r"mean 'tiny'"),
+      ('init', dict(INIT_CHECKPOINT_DIR='runs/x'), r'INIT_CHECKPOINT_DIR is '
+       r'set but INIT_EXPERIMENT .* is empty'),
   )
-  def test_invalid_combination_fails_naming_the_knob(self, knobs, message):
+  def test_invalid_combination_fails_naming_the_knob(self, knob_values,
+                                                     message):
     exp = experiments.ViTSmoke()
     exp.check(num_devices=8)  # Valid before the change.
-    for k, v in knobs.items():
+    for k, v in knob_values.items():
       setattr(exp, k, v)
-    with self.assertRaisesRegex(experiments.ValidationError, message):
+    with self.assertRaisesRegex(knobs.ValidationError, message):
       exp.check(num_devices=8)
 
   def test_derived_values_follow_base_knobs(self):
@@ -209,13 +249,15 @@ class KnobTest(parameterized.TestCase):
     self.assertEqual(exp.mesh_shapes(2)[0], (2, 1))
 
 
-class CommandLineOverrideTest(absltest.TestCase):
-  """validate() catches --fdl.* overrides that paxml.main --exp dropped."""
+class ExpLaunchTest(absltest.TestCase):
+  """validate() under paxml.main --exp's flags, then what paxml builds."""
 
   def setUp(self):
     super().setUp()
     self._was_parsed = flags.FLAGS.is_parsed()
     flags.FLAGS.unparse_flags()
+    self.job = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.job)
 
   def tearDown(self):
     flags.FLAGS.unparse_flags()
@@ -223,149 +265,33 @@ class CommandLineOverrideTest(absltest.TestCase):
       flags.FLAGS(['test'], known_only=True)
     super().tearDown()
 
-  def _parse(self, *assignments):
-    flags.FLAGS(
-        ['test'] + [f'--fdl_set={a}' for a in assignments], known_only=True
-    )
-
-  def test_dropped_override_fails(self):
-    self._parse('NUM_TRAIN_STEPS=7')
-    exp = experiments.ViTSmoke()  # As paxml.main --exp builds it.
-    with self.assertRaisesRegex(
-        ValueError, r'--fdl.NUM_TRAIN_STEPS=7 did not reach the experiment'
-    ):
-      exp.validate()
-
-  def test_applied_override_passes(self):
-    self._parse('NUM_TRAIN_STEPS=12', "DATA_SOURCE='synthetic'")
+  def test_overrides_reach_the_task_paxml_builds_after_validate(self):
+    flags.FLAGS([
+        'paxml.main', '--exp=vit22b_pax.experiments.ViTSmoke',
+        f'--job_log_dir={self.job}',
+        '--fdl_set=NUM_TRAIN_STEPS=3', '--fdl_set=IMAGE_SIZE=24',
+    ])
     exp = experiments.ViTSmoke()
-    experiments.apply_overrides(
-        exp, ['NUM_TRAIN_STEPS=12', "DATA_SOURCE='synthetic'"]
-    )
     exp.validate()
-    self.assertEqual(exp.NUM_TRAIN_STEPS, 12)
-
-  def test_unknown_knob_on_command_line_fails(self):
-    self._parse('PEAK_LRR=0.1')
-    with self.assertRaisesRegex(ValueError, "did you mean 'PEAK_LR'"):
-      experiments.ViTSmoke().validate()
-
-
-class SyntheticInputTest(absltest.TestCase):
-
-  def _input(self, **kwargs):
-    params = dict(batch_size=64, image_size=8, num_classes=6, noise=0.05)
-    params.update(kwargs)
-    return base_hyperparams.instantiate(
-        pax_fiddle.Config(experiments.SyntheticInput, **params)
-    )
-
-  def test_batch_contract_and_learnable_labels(self):
-    inp = self._input(is_training=True)
-    batch = inp.get_next()
-    self.assertEqual(batch.image.shape, (64, 8, 8, 3))
-    self.assertEqual(batch.labels.shape, (64, 6))
-    self.assertEqual(batch.image.dtype, np.float32)
-    self.assertLessEqual(np.abs(batch.image).max(), 1.0)
-    np.testing.assert_array_equal(batch.weight, np.ones(64))
-    self.assertTrue((batch.labels.sum(axis=1) >= 1).all())
-    # Labels are readable from pixels: least squares against the class
-    # patterns recovers the label mix, whose top entry is always a label.
-    patterns = inp._patterns.reshape(6, -1)
-    mix, *_ = np.linalg.lstsq(
-        patterns.T, batch.image.reshape(64, -1).T, rcond=None
-    )
-    top = mix.T.argmax(axis=1)
-    self.assertEqual(batch.labels[np.arange(64), top].min(), 1.0)
-
-  def test_eval_is_finite_and_repeatable(self):
-    inp = self._input(is_training=False, num_eval_batches=3)
-    first = [inp.get_next() for _ in range(3)]
-    with self.assertRaises(tf.errors.OutOfRangeError):
-      inp.get_next()
-    inp.reset()
-    np.testing.assert_array_equal(inp.get_next().image, first[0].image)
-
-
-class ProgramsTest(absltest.TestCase):
-
-  def test_eval_program_adds_dataset_level_metrics(self):
-    # Two batches; class 0's AP needs examples from both (per-batch mAPs
-    # would differ), class 1 has no positive and is excluded.
-    logits = [np.array([[3.0, 0.0], [1.0, 2.0]]),
-              np.array([[2.0, 5.0], [0.0, 1.0], [9.0, 9.0]])]
-    labels = [np.array([[1.0, 0.0], [0.0, 0.0]]),
-              np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])]
-    weight = [np.ones(2), np.array([1.0, 1.0, 0.0])]  # Last one padding.
-    batches = [dict(logits=l, labels=y, weight=w)
-               for l, y, w in zip(logits, labels, weight)]
-    metrics = collections.defaultdict(list)
-    fake = (2, [0.0], {}, metrics, batches, {})
-    program = object.__new__(experiments.DatasetMetricsEvalProgram)
-    program._name = 'eval'
-    base = experiments.programs.SingleTaskEvalProgram
-    original = base._run_eval_loop
-    base._run_eval_loop = lambda self, state: fake
-    try:
-      out = program._run_eval_loop(None)
-    finally:
-      base._run_eval_loop = original
-    self.assertIs(out, fake)
-    # Class 0 scores of the 4 real examples: 3 (+), 1, 2 (+), 0 (+).
-    # Ranked: 3+, 2+, 1-, 0+ -> AP = (1/1 + 2/2 + 3/4) / 3.
-    (value, count), = metrics['map_dataset']
-    self.assertAlmostEqual(float(value), (1 + 1 + 0.75) / 3, places=6)
-    self.assertEqual(float(count), 4.0)
-    # Top-1: ex0 class 0 (+), ex1 class 1 (-), ex2 class 1 (-), ex3 1 (-).
-    (p1, _), = metrics['precision_at_1_dataset']
-    self.assertAlmostEqual(float(p1), 0.25, places=6)
-
-  def test_train_program_gets_paper_flops(self):
-    exp = experiments.ViT22BJFT()
-    (program,) = exp.train_programs()
-    self.assertIsInstance(program, experiments.ThroughputTrainProgram)
-    d, l, f, t = 6144, 48, 24576, 256
-    self.assertEqual(
-        program._flops_per_token,
-        6 * l * (4 * d * d + 2 * d * f) + 12 * l * t * d,
-    )
-    self.assertEqual(program._tokens_per_image, 256)
-    self.assertEqual(program._peak_flops_per_device, 275e12)
-
-
-class FinetuneConfigTest(absltest.TestCase):
-
-  def test_rules_restore_everything_but_the_head(self):
-    exp = experiments.ViTSmokeFinetune()
     task_p = exp.task()
-    self.assertIs(task_p.cls, experiments.FinetuneTask)
-    (ckpt_dir, rules), = task_p.train.init_from_checkpoint_rules.items()
-    self.assertEqual(ckpt_dir, exp.INIT_CHECKPOINT_DIR)
-    # The checkpoint's task is the pre-training one, at its resolution.
-    self.assertEqual(rules.task_p.model.patch_embed_tpl.image_size, 16)
+    self.assertEqual(task_p.train.num_train_steps, 3)
+    self.assertEqual(task_p.train.learner.optimizer.lr_schedule.total_steps,
+                     3)
     self.assertEqual(task_p.model.patch_embed_tpl.image_size, 24)
-    names = [
-        k for k, _ in experiments.NestedMap.FromNestedDict(
-            exp.abstract_variables()['params']
-        ).FlattenItems()
-    ]
-    loaded, ignored = [], []
-    for name in names:
-      path = 'params/' + name.replace('.', '/')
-      if any(re.match(p, path) for p in rules.ignore_rules):
-        ignored.append(path)
-      elif any(re.match(p, path) for p, _ in rules.load_rules):
-        loaded.append(path)
-    self.assertCountEqual(ignored, ['params/head/w', 'params/head/b'])
-    self.assertIn('params/patch_embed/pos_emb', loaded)
-    self.assertEqual(len(loaded) + 2, len(names))
+    self.assertEqual(exp.datasets()[0].image_size, 24)
 
-  def test_init_overrides_reach_the_checkpoint_task(self):
-    exp = experiments.ViTSmokeFinetune()
-    exp.INIT_OVERRIDES = ('IMAGE_SIZE=20', 'NUM_CLASSES=3')
-    rules = exp.checkpoint_loading_rules()
-    self.assertEqual(rules.task_p.model.patch_embed_tpl.image_size, 20)
-    self.assertEqual(rules.task_p.model.num_classes, 3)
+  def test_an_override_breaking_a_combination_fails(self):
+    flags.FLAGS([
+        'paxml.main', '--exp=vit22b_pax.experiments.ViTSmoke',
+        f'--job_log_dir={self.job}',
+        '--fdl_set=WARMUP_STEPS=30',
+    ])
+    with self.assertRaisesRegex(
+        knobs.ValidationError,
+        r'ViTSmoke: WARMUP_STEPS=30 \+ COOLDOWN_STEPS=1 is longer than '
+        r'NUM_TRAIN_STEPS=20',
+    ):
+      experiments.ViTSmoke().validate()
 
 
 if __name__ == '__main__':

@@ -47,6 +47,7 @@ def resolve_experiment(name: str):
   """Returns the experiment class named `name` (full or class name)."""
   from paxml import experiment_registry  # pylint: disable=g-import-not-at-top
   from vit22b_pax import experiments  # pylint: disable=g-import-not-at-top
+  from vit22b_pax import knobs  # pylint: disable=g-import-not-at-top
 
   if '.' in name:
     module_name = name.rsplit('.', 1)[0]
@@ -56,7 +57,7 @@ def resolve_experiment(name: str):
     cls = experiments.registered().get(name)
   if cls is None:
     names = sorted(experiments.registered())
-    close = experiments.closest_name(name.rsplit('.', 1)[-1], names)
+    close = knobs.closest_name(name.rsplit('.', 1)[-1], names)
     raise app.UsageError(
         f'Unknown experiment {name!r}'
         + (f'; did you mean {close!r}?' if close else '')
@@ -162,13 +163,13 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not _EXP.value:
     raise app.UsageError('--exp is required.')
-  from vit22b_pax import experiments  # pylint: disable=g-import-not-at-top
+  from vit22b_pax import knobs  # pylint: disable=g-import-not-at-top
 
   exp = resolve_experiment(_EXP.value)()
   # The same code path as `paxml.main --fdl_config=... --fdl.KNOB=value`.
   fdl_flags.apply_overrides_to(exp)
   if _LIST_KNOBS.value:
-    for name, value in experiments.knob_values(exp).items():
+    for name, value in knobs.knob_values(exp).items():
       print(f'{name} = {value!r}')
     return
   summary = summarize(exp, _TOKENS_PER_SEC.value, _PEAK_TFLOPS.value)
