@@ -7,16 +7,12 @@ on a real experiment, and derived values following the knobs.
 
 import inspect
 import math
-import shutil
-import tempfile
 
-from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
 from fiddle._src.absl_flags import utils as fdl_flag_utils
 import jax
 from paxml import experiment_registry
-from paxml import main as paxml_main  # pylint: disable=unused-import
 from praxis import base_hyperparams
 
 from vit22b_pax import experiment_base
@@ -247,51 +243,6 @@ class KnobTest(parameterized.TestCase):
     exp.ICI_MESH_SHAPE = None
     self.assertEqual(exp.mesh_shapes(8)[0], (8, 1))
     self.assertEqual(exp.mesh_shapes(2)[0], (2, 1))
-
-
-class ExpLaunchTest(absltest.TestCase):
-  """validate() under paxml.main --exp's flags, then what paxml builds."""
-
-  def setUp(self):
-    super().setUp()
-    self._was_parsed = flags.FLAGS.is_parsed()
-    flags.FLAGS.unparse_flags()
-    self.job = tempfile.mkdtemp()
-    self.addCleanup(shutil.rmtree, self.job)
-
-  def tearDown(self):
-    flags.FLAGS.unparse_flags()
-    if self._was_parsed:
-      flags.FLAGS(['test'], known_only=True)
-    super().tearDown()
-
-  def test_overrides_reach_the_task_paxml_builds_after_validate(self):
-    flags.FLAGS([
-        'paxml.main', '--exp=vit22b_pax.experiments.ViTSmoke',
-        f'--job_log_dir={self.job}',
-        '--fdl_set=NUM_TRAIN_STEPS=3', '--fdl_set=IMAGE_SIZE=24',
-    ])
-    exp = experiments.ViTSmoke()
-    exp.validate()
-    task_p = exp.task()
-    self.assertEqual(task_p.train.num_train_steps, 3)
-    self.assertEqual(task_p.train.learner.optimizer.lr_schedule.total_steps,
-                     3)
-    self.assertEqual(task_p.model.patch_embed_tpl.image_size, 24)
-    self.assertEqual(exp.datasets()[0].image_size, 24)
-
-  def test_an_override_breaking_a_combination_fails(self):
-    flags.FLAGS([
-        'paxml.main', '--exp=vit22b_pax.experiments.ViTSmoke',
-        f'--job_log_dir={self.job}',
-        '--fdl_set=WARMUP_STEPS=30',
-    ])
-    with self.assertRaisesRegex(
-        knobs.ValidationError,
-        r'ViTSmoke: WARMUP_STEPS=30 \+ COOLDOWN_STEPS=1 is longer than '
-        r'NUM_TRAIN_STEPS=20',
-    ):
-      experiments.ViTSmoke().validate()
 
 
 if __name__ == '__main__':

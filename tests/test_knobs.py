@@ -1,8 +1,10 @@
 """Tests for vit22b_pax.knobs: typed knobs, overrides, validate()'s record.
 
-The experiments here are tiny KnobbedExperiment subclasses (no model); the
-command-line tests parse paxml.main's own flags in this process, as
-`python -m paxml.main` would, and call validate() the way paxml.main does.
+The experiments here are tiny KnobbedExperiment subclasses (no model). The
+command-line tests parse flags named and typed as paxml.main's and fiddle's
+(in a FlagValues of their own: the real ones would clash with the tools'
+flags in this process) and call validate() as paxml.main does;
+tests/test_launcher.py runs the real `python -m paxml.main`.
 """
 
 import pathlib
@@ -13,8 +15,8 @@ from typing import Literal
 from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
+from fiddle import absl_flags as fdl_absl_flags
 from fiddle._src.absl_flags import utils as fdl_flag_utils
-from paxml import main as paxml_main  # pylint: disable=unused-import
 
 from vit22b_pax import knobs
 
@@ -161,24 +163,33 @@ class ApplyOverridesTest(absltest.TestCase):
     self.assertEqual(exp.STEPS, 5)  # Nothing applied.
 
 
+def _paxml_main_flags() -> flags.FlagValues:
+  """The flags validate() reads, as paxml.main and fiddle define them."""
+  fv = flags.FlagValues()
+  for name in ('exp', 'job_log_dir', 'fdl_config', 'fdl_config_file'):
+    flags.DEFINE_string(name, None, name, flag_values=fv)
+  flags.DEFINE_string('mode', 'train', 'mode', flag_values=fv)
+  for name in ('fdl_set', 'fiddler', 'fdl_tags_set'):
+    flags.DEFINE_multi_string(name, [], name, flag_values=fv)
+  fdl_absl_flags.DEFINE_fiddle_config('fdl', help_string='fdl', flag_values=fv)
+  return fv
+
+
 class ValidateTest(absltest.TestCase):
   """validate() as paxml.main calls it, after parsing paxml.main's flags."""
 
   def setUp(self):
     super().setUp()
-    self._was_parsed = flags.FLAGS.is_parsed()
-    flags.FLAGS.unparse_flags()
+    self.flag_values = _paxml_main_flags()
+    self.enter_context(
+        absltest.mock.patch.object(knobs, 'FLAG_VALUES', self.flag_values)
+    )
     self.job = pathlib.Path(tempfile.mkdtemp())
     self.addCleanup(shutil.rmtree, self.job)
 
-  def tearDown(self):
-    flags.FLAGS.unparse_flags()
-    if self._was_parsed:
-      flags.FLAGS(['test'], known_only=True)
-    super().tearDown()
-
   def _parse(self, *args):
-    flags.FLAGS(['paxml.main', f'--job_log_dir={self.job}', *args])
+    # What fiddle's flags_parser makes of --fdl.KNOB=value: --fdl_set=...
+    self.flag_values(['paxml.main', f'--job_log_dir={self.job}', *args])
 
   def _validate(self, exp):
     with self.assertLogs('absl', 'INFO') as logs:
@@ -235,11 +246,19 @@ class ValidateTest(absltest.TestCase):
     self.assertFalse((self.job / knobs.KNOBS_FILE).exists())
 
   def test_exp_path_refuses_flags_paxml_would_ignore(self):
-    self._parse(f'--exp={_NAME}', f'--fdl_config={_NAME}')
+    self._parse(f'--exp={_NAME}', f'--fdl_config={_NAME}',
+                '--fdl=set:STEPS=3', '--fiddler=f')
     with self.assertRaisesRegex(
-        knobs.ValidationError, 'paxml.main --exp ignores --fdl_config'
+        knobs.ValidationError,
+        r'paxml.main --exp ignores --fdl_config.*, --fiddler, --fdl=',
     ):
       Child().validate()
+
+  def test_without_parsed_flags_nothing_is_applied_or_written(self):
+    exp = Child()  # E.g. built by a tool or a test: no command line.
+    exp.validate()
+    self.assertEqual(exp.STEPS, 5)
+    self.assertFalse((self.job / knobs.KNOBS_FILE).exists())
 
   def test_check_knobs_runs_after_the_overrides(self):
     self._parse(f'--exp={_NAME}', '--fdl_set=STEPS=0')

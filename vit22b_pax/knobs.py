@@ -246,11 +246,17 @@ def _nested_path_message(cls: type[Any], path: str, value: str) -> str:
 # ---------------------------------------------------------------------------
 
 
+# The absl flags validate() reads: paxml.main's (--exp, --job_log_dir, --mode)
+# and fiddle's (--fdl_set, ...), when they are defined and parsed. Tests
+# substitute a FlagValues of their own.
+FLAG_VALUES = flags.FLAGS
+
+
 def _flag_value(name: str) -> Any:
   """The value of a parsed absl flag, or None if undefined or unparsed."""
-  if not flags.FLAGS.is_parsed() or name not in flags.FLAGS:
+  if not FLAG_VALUES.is_parsed() or name not in FLAG_VALUES:
     return None
-  return flags.FLAGS[name].value
+  return FLAG_VALUES[name].value
 
 
 def launched_with_exp() -> bool:
@@ -272,7 +278,7 @@ def _ignored_with_exp() -> list[str]:
     ignored.append('--fiddler')
   if _flag_value('fdl_tags_set'):
     ignored.append('--fdl_tag.*')
-  if 'fdl' in flags.FLAGS and flags.FLAGS['fdl'].present:
+  if 'fdl' in FLAG_VALUES and FLAG_VALUES['fdl'].present:
     ignored.append('--fdl=... (use --fdl.KNOB=value)')
   return ignored
 
