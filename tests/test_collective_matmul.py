@@ -10,7 +10,9 @@ sends; bidirectional 2 * floor(m / 2) sends and m + 1 multiplies for even m
 (the opposite chunk goes in two halves), m for odd m.
 """
 
+import collections
 import re
+from typing import NamedTuple
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -101,11 +103,51 @@ def _dots(m, bidirectional):
   return m + 1 if bidirectional and m % 2 == 0 else m
 
 
+class Op(NamedTuple):
+  """One HLO instruction: result dims (None for tuples), operand names."""
+
+  name: str
+  opcode: str
+  dims: tuple[int, ...] | None
+  operands: list[str]
+  line: str
+
+
+def _is_dot(op: Op) -> bool:
+  return op.opcode == 'dot'
+
+
+def _is_permute(op: Op) -> bool:
+  return op.opcode.removesuffix('-start') == 'collective-permute'
+
+
+def _closing(text, start):
+  """Index of the parenthesis closing the one at text[start]."""
+  depth = 0
+  for k in range(start, len(text)):
+    depth += {'(': 1, ')': -1}.get(text[k], 0)
+    if depth == 0:
+      return k
+  raise AssertionError(f'unbalanced: {text}')
+
+
+def _pairs(attr, line):
+  """The {a,b,...} groups of an HLO attribute like replica_groups={{0,1}}."""
+  found = re.search(attr + r'=\{((?:\{[\d,]*\},?)*)\}', line)
+  if found is None:
+    raise AssertionError(f'no parsable {attr} in: {line}')
+  return [[int(p) for p in g.split(',') if p]
+          for g in re.findall(r'\{([\d,]*)\}', found.group(1))]
+
+
 class Hlo:
   """The entry computation of compiled HLO text, parsed for what we check.
 
+  Partition p of the SPMD program runs on mesh.devices.flat[p], so the
+  groups in collectives map to mesh coordinates by np.unravel_index.
+
   Attributes:
-    ops: [(name, opcode, result dims, operand names, line)] in order.
+    ops: The entry computation's instructions (Op), in order.
     num_dots: dot instructions in all computations (fused ones included).
   """
 
@@ -117,103 +159,77 @@ class Hlo:
     self.ops = []
     for line in entry.splitlines()[1:]:
       name, rest = line.strip().removeprefix('ROOT ').split(' = ', 1)
-      if rest.startswith('('):  # tuple type
+      dims = re.match(r'\w+\[([\d,]*)\]', rest)
+      # Skip the result type (a tuple type has spaces) to the opcode.
+      if rest.startswith('('):
         rest = rest[_closing(rest, 0) + 1:].lstrip()
       else:
         rest = rest.split(' ', 1)[1]
-      opcode = rest[: rest.index('(')]
-      args = rest[rest.index('('): _closing(rest, rest.index('(')) + 1]
-      dims = re.match(r'\S+\[([\d,]*)\]', line.split(' = ', 1)[1])
-      self.ops.append((
-          name.lstrip('%'),
-          opcode,
-          tuple(int(x) for x in dims.group(1).split(',') if x) if dims
-          else None,
-          re.findall(r'%([\w.\-]+)', args),
-          line,
+      start = rest.index('(')
+      self.ops.append(Op(
+          name=name.lstrip('%'),
+          opcode=rest[:start],
+          dims=(tuple(int(x) for x in dims.group(1).split(',') if x)
+                if dims else None),
+          operands=re.findall(r'%([\w.\-]+)',
+                              rest[start: _closing(rest, start) + 1]),
+          line=line,
       ))
-    self._by_name = {op[0]: op for op in self.ops}
+    self._by_name = {op.name: op for op in self.ops}
 
   def _coords(self, partition):
     return np.unravel_index(partition, self.mesh.devices.shape)
 
-  def _axes_of_groups(self, groups):
-    """Mesh axes along which the devices of each group differ."""
-    axes = set()
-    for group in groups:
-      coords = np.array([self._coords(p) for p in group])
-      axes |= {AXES[k] for k in range(len(AXES))
-               if len(set(coords[:, k])) > 1}
-    return tuple(sorted(axes))
-
   def collectives(self):
-    """{(kind, spanned mesh axes, result dims): count}, permutes apart."""
-    found = {}
-    for _, opcode, dims, _, line in self.ops:
-      kind = opcode.removesuffix('-start')
+    """{(kind, mesh axes its groups span, result dims): count}, no permutes."""
+    found = collections.Counter()
+    for op in self.ops:
+      kind = op.opcode.removesuffix('-start')
       if kind not in ('all-gather', 'all-reduce', 'reduce-scatter',
                       'all-to-all', 'collective-broadcast'):
         continue
-      text = re.search(r'replica_groups=\{((?:\{[\d,]*\},?)*)\}', line)
-      if text is None:
-        raise AssertionError(f'unparsed replica_groups: {line}')
-      groups = [[int(p) for p in g.split(',') if p]
-                for g in re.findall(r'\{([\d,]*)\}', text.group(1))]
-      key = (kind, self._axes_of_groups(groups), dims)
-      found[key] = found.get(key, 0) + 1
-    return found
+      axes = set()
+      for group in _pairs('replica_groups', op.line):
+        coords = np.array([self._coords(p) for p in group])
+        axes |= {AXES[k] for k in range(len(AXES))
+                 if len(set(coords[:, k])) > 1}
+      found[(kind, tuple(sorted(axes)), op.dims)] += 1
+    return dict(found)
 
   def permutes(self):
-    """[(name, dims, steps)] of collective-permutes; steps: set of the
-    model-axis offsets (+1 right, -1 left) of its source -> target pairs."""
+    """[(name, dims, steps)] of the collective-permutes.
+
+    steps: the set of model-axis offsets of its source -> target pairs, +1
+    (to the right neighbour) or -1 (left); other offsets, or pairs across
+    the data axis, appear as such.
+    """
     m = self.mesh.shape['model']
     out = []
-    for name, opcode, dims, _, line in self.ops:
-      if opcode.removesuffix('-start') != 'collective-permute':
-        continue
-      pairs = re.findall(r'\{(\d+),(\d+)\}',
-                         re.search(r'source_target_pairs=\{(.*?)\}\}',
-                                   line).group(1) + '}')
+    for op in filter(_is_permute, self.ops):
       steps = set()
-      for s, t in pairs:
-        cs, ct = self._coords(int(s)), self._coords(int(t))
-        if cs[0] != ct[0]:  # must stay within a model-axis ring
+      for s, t in _pairs('source_target_pairs', op.line):
+        cs, ct = self._coords(s), self._coords(t)
+        if cs[0] != ct[0]:
           steps.add('across data')
         else:
           diff = (ct[1] - cs[1]) % m
           steps.add(+1 if diff == 1 else -1 if diff == m - 1 else diff)
-      out.append((name, dims, steps))
+      out.append((op.name, op.dims, steps))
     return out
 
-  def _is_dot(self, op):
-    return op[1] == 'dot'
-
   def upstream(self, name, pred):
-    """Number of ops satisfying `pred` that `name` depends on."""
-    seen, stack = set(), list(self._by_name[name][3])
+    """Number of ops satisfying `pred` that op `name` depends on."""
+    seen, stack = set(), list(self._by_name[name].operands)
     while stack:
       n = stack.pop()
       if n in seen or n not in self._by_name:
         continue
       seen.add(n)
-      stack.extend(self._by_name[n][3])
+      stack.extend(self._by_name[n].operands)
     return sum(1 for n in seen if pred(self._by_name[n]))
 
   def dots(self):
-    return [op[0] for op in self.ops if self._is_dot(op)]
-
-
-def _closing(text, start):
-  depth = 0
-  for k in range(start, len(text)):
-    depth += {'(': 1, ')': -1}.get(text[k], 0)
-    if depth == 0:
-      return k
-  raise AssertionError(f'unbalanced: {text}')
-
-
-def _is_permute(op):
-  return op[1].removesuffix('-start') == 'collective-permute'
+    return [op.name for op in self.ops if _is_dot(op)]
 
 
 def _hlo(mesh, f, *args):
@@ -298,6 +314,7 @@ class CollectiveMatmulTest(parameterized.TestCase):
     lhs, rhs, _ = _operands(op)
     hlo = _hlo(mesh, _collective(op, bidirectional),
                *_put(mesh, op, lhs, rhs))
+    self.assertLen(hlo.dots(), hlo.num_dots)  # none hidden in fusions
     rounds = range(1, m // 2 + 1)
     if op == 'ag':
       got = sorted(hlo.upstream(d, _is_permute) for d in hlo.dots())
@@ -305,8 +322,7 @@ class CollectiveMatmulTest(parameterized.TestCase):
               else list(range(m)))
     else:
       got = sorted(
-          hlo.upstream(name, lambda o: o[1] == 'dot')
-          for name, _, _ in hlo.permutes()
+          hlo.upstream(name, _is_dot) for name, _, _ in hlo.permutes()
       )
       want = ([r for r in rounds for _ in range(2)] if bidirectional
               else list(range(1, m)))

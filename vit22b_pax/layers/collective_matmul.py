@@ -7,8 +7,8 @@ of the chunk already on the device (Wang et al., ASPLOS 2023, "Overlap
 communication with dependent computation via decomposition in large deep
 learning models"). Done the plain way, the parallel block first all-gathers
 its residual-stream input over 'model' and only then multiplies, and its
-output projection multiplies and only then reduce-scatters: the devices
-compute nothing while the collective runs.
+output projection multiplies and only then reduce-scatters (XLA:CPU
+all-reduces): the devices compute nothing while the collective runs.
 
 What. Two functions, each a `shard_map` over the (data, model) mesh whose
 body is an unrolled loop of `lax.ppermute` steps around the model axis ring
@@ -57,18 +57,29 @@ with mesh=None they use the mesh of the enclosing `with mesh:` (paxml sets
 it around its pjit calls; read from `pxla.thread_resources`, as praxis
 does). Where no mesh is active (e.g. praxis' abstract init outside pjit) or
 the model axis has one device, they are the plain einsum, which computes the
-same thing. The batch dim is split over data_axis and passed through; the
-weight is used whole on its non-model dims (a weight stored split over
-'data', as sharding.py does, is all-gathered over 'data' before the loop, as
-XLA does for the plain einsum).
+same thing. The batch dim B is split over data_axis and passed through. A
+weight whose D dim is stored split over 'data' (sharding.py's parameter
+split) is declared with weight_data_axis: it is all-gathered over that axis
+inside, before the loop, and its gradient reduce-scattered back, as XLA does
+for the plain einsum. (Left None for such a weight, XLA gathers it before
+the shard_map and the gradient is all-reduced over 'data' piece by piece:
+correct, but more traffic.)
 
-Numerics. Partial sums accumulate in the einsum's result dtype, in a
-different order from a single dot: results equal the plain einsum up to
-rounding.
+The operands should arrive split as documented. An x that is whole on D
+(sharding.py with training_optimized=False) is sliced locally and still
+sent round the ring, where the plain einsum would need no communication;
+matmul_reduce_scatter's output is split on D, and replicating it costs an
+all-gather. Before the input projection the block's LayerNorm must keep x
+split on D (its statistics need only a [B, T] reduction over 'model'), or
+XLA gathers x for it and nothing is saved.
 
-Preconditions (ValueError otherwise): B divisible by the data axis size, N
-and D divisible by the model axis size m, and with bidirectional=True and
-even m, D / m even.
+Numerics. Partial sums accumulate in the einsum's result dtype, in another
+order than one dot: results equal the plain einsum up to rounding. With
+bfloat16 operands each step's running sum is rounded to bfloat16.
+
+Preconditions (ValueError naming the dim otherwise): B divisible by the
+data_axis size; N and D divisible by the model axis size m; D divisible by
+the weight_data_axis size; with bidirectional=True and even m, D / m even.
 
 XLA alternatives (the compiler decomposes the plain einsum itself; windowed
 einsum):
