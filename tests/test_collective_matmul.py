@@ -346,7 +346,17 @@ class CollectiveMatmulTest(parameterized.TestCase):
     sends = hlo.permutes()
     rings = 2 if op == 'ag' else 1
     self.assertLen(sends, rings * _sends(m, bidirectional))
-    self.assertTrue(all(s <= {1, -1} for _, _, s in sends))
+    steps = [s for _, _, s in sends]
+    self.assertTrue(all(s <= {1, -1} and len(s) == 1 for s in steps), steps)
+    if m > 2:
+      # dX of the all-gather-matmul is a ring of sums travelling right (x's
+      # chunks still travel left for dW); the matmul-reduce-scatter's
+      # cotangent chunks travel left. Bidirectional: half each way.
+      got = sorted(s.pop() for s in steps)
+      want = (sorted([1, -1] * (rings * (m // 2))) if bidirectional
+              else sorted([-1] * (m - 1) + ([1] * (m - 1) if op == 'ag'
+                                            else [])))
+      self.assertEqual(got, want)
     self.assertEqual(hlo.num_dots, 2 * _dots(m, bidirectional))
     kinds = {(kind, axes) for kind, axes, _ in hlo.collectives()}
     self.assertEqual(
@@ -490,6 +500,8 @@ class CollectiveMatmulTest(parameterized.TestCase):
         (ag, (x, jnp.zeros((D + 1, N, K))), {}, r'x \[B, T, D\]'),
         (ag, (x, jnp.zeros((D, N, K))), dict(model_axis='mdl'),
          r"model_axis 'mdl' is not an axis"),
+        (ag, (x, jnp.zeros((D, N, K))), dict(model_axis=('model',)),
+         r'model_axis must be one mesh axis name'),
         (rs, (jnp.zeros((B, T, N, K)), jnp.zeros((N, K + 1, D))), {},
          r'y \[B, T, N, J\]'),
         (rs, (jnp.zeros((B, T, N, K)), jnp.zeros((N, K, 18))), {},

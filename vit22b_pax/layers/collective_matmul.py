@@ -169,6 +169,9 @@ def _prepare(
     plain einsum applies (no mesh, or m == 1); gather_weight whether
     weight_data_axis has more than one device.
   """
+  if not isinstance(model_axis, str):
+    raise ValueError(f'{fn}: model_axis must be one mesh axis name, got '
+                     f'{model_axis!r}.')
   mesh = current_mesh() if mesh is None else mesh
   if mesh is None:
     return None, 1, False
