@@ -13,20 +13,18 @@ from praxis import base_layer
 from praxis import pax_fiddle
 import scipy.special
 
+from vit22b_pax.layers import norms
+
 # (name, overrides of the ViT-22B defaults); every bias/norm flag is flipped
-# in at least one case.
+# in at least one case. The norm flags describe the reference's norms;
+# block_config turns them into the layers' norm templates.
 FLAG_CASES = (
     ('defaults', {}),
     ('no_qk_norm', dict(use_qk_norm=False)),
-    (
-        'all_biases_rmsnorm',
-        dict(
-            use_qkv_bias=True,
-            use_ln_bias=True,
-            ln_centering=False,
-            qk_norm_type='rmsnorm',
-        ),
-    ),
+    ('all_biases', dict(use_qkv_bias=True, use_ln_bias=True)),
+    ('rmsnorm', dict(ln_centering=False, qk_norm_type='rmsnorm')),
+    # Only the QK-norm is RMSNorm: the two templates are independent.
+    ('rmsnorm_qk_only', dict(qk_norm_type='rmsnorm', ln_epsilon=1e-3)),
     ('no_biases_exact_gelu', dict(use_mlp_bias=False, gelu_approximate=False)),
     (
         'qkv_bias_only',
@@ -51,6 +49,15 @@ DEFAULT_FLAGS = dict(
 )
 
 
+def norm_tpl(centering, use_bias, epsilon):
+  """The layers' norm template for the reference's norm flags."""
+  if centering:
+    return norms.layer_norm(use_bias=use_bias, epsilon=epsilon)
+  if use_bias:
+    raise ValueError('RMSNorm (praxis RmsNorm) has no bias.')
+  return norms.rms_norm(epsilon=epsilon)
+
+
 def block_config(cls, d=16, f=64, n=4, dim_per_head=None, **overrides):
   """Config of block/head `cls` and the flag dict the references read."""
   flags = dict(DEFAULT_FLAGS, **overrides)
@@ -61,10 +68,18 @@ def block_config(cls, d=16, f=64, n=4, dim_per_head=None, **overrides):
       hidden_dims=f,
       num_heads=n,
       dim_per_head=dim_per_head,
+      use_qk_norm=flags['use_qk_norm'],
+      use_qkv_bias=flags['use_qkv_bias'],
+      use_mlp_bias=flags['use_mlp_bias'],
   )
-  for key, value in flags.items():
-    if key != 'gelu_approximate':
-      setattr(p, key, value)
+  p.ln_tpl = norm_tpl(
+      flags['ln_centering'], flags['use_ln_bias'], flags['ln_epsilon']
+  )
+  p.attention_tpl.qk_norm_tpl = norm_tpl(
+      flags['qk_norm_type'] == 'layernorm',
+      flags['use_ln_bias'],
+      flags['ln_epsilon'],
+  )
   p.activation_tpl.approximate = flags['gelu_approximate']
   flags['head_dim'] = dim_per_head or d // n
   return p, flags

@@ -28,9 +28,15 @@ def qkv(b=2, t=3, s=5, n=2, h=4, seed=0):
 
 class AttentionCoreTest(parameterized.TestCase):
 
-  @parameterized.named_parameters(('qk_norm', True), ('plain', False))
-  def test_matches_reference_with_padding_mask(self, use_qk_norm):
-    layer = core(use_qk_norm=use_qk_norm)
+  @parameterized.named_parameters(
+      ('qk_layernorm', 'layernorm'), ('qk_rmsnorm', 'rmsnorm'), ('plain', None)
+  )
+  def test_matches_reference_with_padding_mask(self, qk_norm):
+    use_qk_norm = qk_norm is not None
+    layer = core(
+        use_qk_norm=use_qk_norm,
+        qk_norm_tpl=ref.norm_tpl(qk_norm == 'layernorm', False, 1e-6),
+    )
     q, k, v = qkv()
     paddings = np.zeros((2, 5), np.float32)
     paddings[0, 3:] = 1.0
@@ -42,7 +48,9 @@ class AttentionCoreTest(parameterized.TestCase):
     norms = [None, None]
     if use_qk_norm:
       p = ref.to_np(variables['params'])
-      norms = [lambda x, n=n: ref.layer_norm(x, p[n]['scale'])
+      centering = qk_norm == 'layernorm'
+      norms = [lambda x, n=n: ref.layer_norm(x, p[n]['scale'], None,
+                                             centering)
                for n in ('q_norm', 'k_norm')]
     expected, _ = ref.attention(
         q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
@@ -64,11 +72,12 @@ class AttentionCoreTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'attention_mask must have shape'):
       ref.init(layer, q, k, v, jnp.zeros((2, 5)))
 
-  def test_rejects_unknown_qk_norm_type(self):
-    layer = core(qk_norm_type='l2')
-    q, k, v = qkv()
-    with self.assertRaisesRegex(ValueError, 'qk_norm_type'):
-      ref.init(layer, q, k, v, None)
+  def test_qk_norm_scale_is_shared_across_heads(self):
+    layer = core()
+    q, k, v = qkv(n=3)
+    params = ref.init(layer, q, k, v, None)['params']
+    self.assertEqual(ref.flat_shapes(params),
+                     {'q_norm/scale': (4,), 'k_norm/scale': (4,)})
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ from praxis.layers import transformers
 
 from vit22b_pax import metrics as metrics_lib
 from vit22b_pax import models
+from vit22b_pax.layers import norms
 from vit22b_pax.layers import parallel_block
 from vit22b_pax.layers import sequential_block
 
@@ -159,6 +160,27 @@ class ParamCountTest(parameterized.TestCase):
     per_block += 2 * h if qk_norm else 0
     self.assertEqual(sum(int(np.prod(v.shape)) for v in enc.values()),
                      l * per_block)
+
+
+class NormTemplateTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(('parallel', True), ('sequential', False))
+  def test_ln_tpl_reaches_every_norm(self, parallel):
+    # One argument sets the blocks' LayerNorms, the QK-norms, the final norm
+    # and the MAP head's norms: with a biased LayerNorm each gets a bias.
+    cfg = models.classifier_config(TINY, 7, parallel=parallel,
+                                   ln_tpl=norms.layer_norm(use_bias=True))
+    params = _leaves(_abstract_params(cfg))
+    scales = {k.rsplit('/', 1)[0] for k in params if k.endswith('/scale')}
+    biases = {k.rsplit('/', 1)[0] for k in params if k.endswith('/bias')}
+    self.assertEqual(biases, scales)
+    # Per block 2 QK-norms and 1 (parallel) or 2 (sequential) LayerNorms;
+    # the final norm; the MAP head's LayerNorm and 2 QK-norms.
+    per_block = 3 if parallel else 4
+    self.assertLen(scales, TINY.num_layers * per_block + 1 + 3)
+    for path in scales:
+      self.assertEqual(params[path + '/bias'].shape,
+                       params[path + '/scale'].shape)
 
 
 class ClassifierTest(parameterized.TestCase):

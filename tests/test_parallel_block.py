@@ -175,7 +175,6 @@ class ParallelBlockTest(parameterized.TestCase):
       ('cross_attention', dict(use_cross_attention=True), 'cross attention'),
       ('packed_input', dict(packed_input=True), 'packed'),
       ('mlp_not_divisible_by_heads', dict(hidden_dims=30), 'hidden_dims'),
-      ('bad_qk_norm_type', dict(qk_norm_type='l2'), 'qk_norm_type'),
       ('dropout_out_of_range', dict(relu_dropout_prob=1.0),
        'relu_dropout_prob'),
   )

@@ -183,7 +183,8 @@ class ViTClassifier(base_model.BaseModel):
       `classifier_config`).
     encoder_tpl: praxis StackedTransformer or StackedTransformerRepeated
       whose block template is a ParallelBlock or SequentialBlock.
-    final_ln_tpl: Norm applied to the encoder output (dim set in setup).
+    final_ln_tpl: Norm applied to the encoder output (dim set in setup);
+      default ViT-22B's LayerNorm (`norms.layer_norm`).
     map_head_tpl: Multihead attention pooling head (input_dims set here).
     head_tpl: Linear classifier (input_dims, num_classes set here).
     loss_type: 'sigmoid' (per-class sigmoid cross-entropy over multi-hot
@@ -203,7 +204,7 @@ class ViTClassifier(base_model.BaseModel):
   num_classes: int = 0
   patch_embed_tpl: LayerTpl = template_field(patch_embedding.PatchEmbedding)
   encoder_tpl: LayerTpl = template_field(transformers.StackedTransformer)
-  final_ln_tpl: LayerTpl = template_field(norms.LayerNorm)
+  final_ln_tpl: LayerTpl = template_field(norms.layer_norm)
   map_head_tpl: LayerTpl = template_field(map_head.MAPHead)
   head_tpl: LayerTpl = template_field(ClassifierHead)
   loss_type: str = recipe.LOSS
@@ -378,12 +379,9 @@ def classifier_config(
     *,
     parallel: bool = True,
     use_qk_norm: bool = True,
-    qk_norm_type: str = 'layernorm',
     use_qkv_bias: bool = False,
-    use_ln_bias: bool = False,
-    ln_centering: bool = True,
     use_mlp_bias: bool = True,
-    ln_epsilon: float = recipe.LN_EPSILON,
+    ln_tpl: LayerTpl | None = None,
     scan: bool = False,
     remat_policy: str | AutodiffCheckpointType | None = 'nothing_saveable',
     fprop_dtype: Any = jnp.float32,
@@ -405,12 +403,14 @@ def classifier_config(
     num_classes: C.
     parallel: ParallelBlock (ViT-22B) if True, else SequentialBlock.
     use_qk_norm: QK normalization in every attention (blocks and MAP head).
-    qk_norm_type: 'layernorm' or 'rmsnorm'.
     use_qkv_bias: Biases on q/k/v projections (ViT-22B: off).
-    use_ln_bias: Biases on LayerNorms (ViT-22B: off).
-    ln_centering: LayerNorms subtract the mean (False: RMSNorm-like).
     use_mlp_bias: Biases on the MLP dense layers (ViT-22B: on).
-    ln_epsilon: Epsilon of every norm.
+    ln_tpl: Template of every norm of the model: the blocks' LayerNorms,
+      the QK-norms, the final norm and the MAP head's norm (each layer sets
+      dim). None: ViT-22B's LayerNorm (`norms.layer_norm()`: no bias, scale
+      used directly, float32 statistics, epsilon 1e-6). E.g.
+      `norms.rms_norm()` for RMSNorm, `norms.layer_norm(use_bias=True)` for
+      biases on the norms.
     scan: Use StackedTransformerRepeated (one scanned block, always
       rematerialized with the policy) instead of an unrolled
       StackedTransformer.
@@ -448,17 +448,21 @@ def classifier_config(
     block_cls = parallel_block.ParallelBlock
   else:
     block_cls = sequential_block.SequentialBlock
-  # Field names shared by the blocks and the MAP head.
-  options = dict(
-      use_qk_norm=use_qk_norm,
-      qk_norm_type=qk_norm_type,
-      use_qkv_bias=use_qkv_bias,
-      use_ln_bias=use_ln_bias,
-      ln_centering=ln_centering,
-      use_mlp_bias=use_mlp_bias,
-      ln_epsilon=ln_epsilon,
-  )
-  block_p = pax_fiddle.Config(block_cls, **options)
+  if ln_tpl is None:
+    ln_tpl = norms.layer_norm()
+
+  def options(p):
+    """Sets the block_base.BlockOptions fields the blocks and head share."""
+    p.set(
+        use_qk_norm=use_qk_norm,
+        use_qkv_bias=use_qkv_bias,
+        use_mlp_bias=use_mlp_bias,
+        ln_tpl=ln_tpl.clone(),
+    )
+    p.attention_tpl.qk_norm_tpl = ln_tpl.clone()
+    return p
+
+  block_p = options(pax_fiddle.Config(block_cls))
   stack_p = pax_fiddle.Config(
       transformers.StackedTransformer,
       num_layers=size.num_layers,
@@ -501,18 +505,14 @@ def classifier_config(
           patch_size=size.patch_size,
       ),
       encoder_tpl=encoder_p,
-      final_ln_tpl=pax_fiddle.Config(
-          norms.LayerNorm,
-          epsilon=ln_epsilon,
-          use_bias=use_ln_bias,
-          use_centering=ln_centering,
-      ),
-      map_head_tpl=pax_fiddle.Config(
-          map_head.MAPHead,
-          hidden_dims=size.hidden_dims,
-          num_heads=size.num_heads,
-          dim_per_head=size.dim_per_head,
-          **options,
+      final_ln_tpl=ln_tpl.clone(),
+      map_head_tpl=options(
+          pax_fiddle.Config(
+              map_head.MAPHead,
+              hidden_dims=size.hidden_dims,
+              num_heads=size.num_heads,
+              dim_per_head=size.dim_per_head,
+          )
       ),
       head_tpl=pax_fiddle.Config(
           ClassifierHead,

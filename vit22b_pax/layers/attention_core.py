@@ -10,13 +10,11 @@ Masks follow praxis `DotProductAttention`: `atten_mask` is additive, shape
 where it is not (`attentions.convert_paddings_to_mask`), applied with
 `py_utils.apply_mask_to_logits` to float32 logits.
 
-Also holds the small helpers the layers share: sub-selecting a split-dims
-mapping, building WeightHParams, turning paddings into a mask.
+Also holds the mask helpers the blocks and the MAP head share: turning
+paddings into a mask, checking a mask's shape.
 """
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import jax
 from jax import numpy as jnp
@@ -32,66 +30,8 @@ from vit22b_pax.layers import norms
 
 JTensor = pytypes.JTensor
 SplitDimsMapping = pytypes.SplitDimsMapping
-WeightHParams = base_layer.WeightHParams
 template_field = base_layer.template_field
 LayerTpl = pax_fiddle.Config[base_layer.BaseLayer]
-
-QK_NORM_TYPES = ('layernorm', 'rmsnorm')
-
-
-def select_dims(
-    mapping: SplitDimsMapping, dims: Sequence[int]
-) -> SplitDimsMapping:
-  """Returns mapping restricted to `dims` (e.g. a bias from its weight)."""
-  if mapping is None:
-    return None
-  return tuple(mapping[d] for d in dims)
-
-
-def weight_hparams(
-    layer: base_layer.BaseLayer,
-    shape: Sequence[int],
-    split: SplitDimsMapping,
-    *,
-    fan_in_axes: Sequence[int] | None = None,
-    fan_out_axes: Sequence[int] | None = None,
-    init: base_layer.WeightInit | None = None,
-) -> WeightHParams:
-  """WeightHParams carrying the layer's mesh and the given split mapping.
-
-  Args:
-    layer: The layer creating the variable (gives mesh_shape).
-    shape: Variable shape.
-    split: Split-dims mapping over `shape` (None: replicated).
-    fan_in_axes: Axes whose product is the fan-in (for Xavier / fan-in inits).
-    fan_out_axes: Axes whose product is the fan-out.
-    init: Initializer; None uses the layer's params_init.
-
-  Returns:
-    The WeightHParams.
-  """
-  if split is not None and len(split) != len(shape):
-    raise ValueError(
-        f'{type(layer).__name__}: split-dims mapping {split} has rank '
-        f'{len(split)} but the weight has shape {list(shape)}.'
-    )
-  return WeightHParams(
-      shape=list(shape),
-      init=init,
-      mesh_shape=layer.mesh_shape,
-      tensor_split_dims_mapping=split if layer.mesh_shape is not None else None,
-      fan_in_axes=fan_in_axes,
-      fan_out_axes=fan_out_axes,
-  )
-
-
-def bias_hparams(
-    layer: base_layer.BaseLayer, shape: Sequence[int], split: SplitDimsMapping
-) -> WeightHParams:
-  """Zero-initialized bias WeightHParams."""
-  return weight_hparams(
-      layer, shape, split, init=base_layer.WeightInit.Constant(0.0)
-  )
 
 
 def mask_from_paddings(
@@ -129,27 +69,23 @@ class AttentionCore(base_layer.BaseLayer):
   out    = probs . V                                [B, T, N, H]
 
   QK-norm (Dehghani et al. 2023, Sec. 2) normalizes each head's H-dim query
-  and key vector; the q and k norms each have a scale [H] shared across heads
-  (and a bias [H] only when use_ln_bias).
+  and key vector: children 'q_norm' and 'k_norm', each built from
+  qk_norm_tpl with dim = H, so their scale [H] is shared across heads.
 
   Attributes:
     dim_per_head: H, the per-head query/key/value size.
     use_qk_norm: Whether to normalize queries and keys before the dot product.
-    qk_norm_type: 'layernorm' (centered) or 'rmsnorm' (not centered).
-    use_ln_bias: Whether the q/k norms have a bias.
-    ln_epsilon: Epsilon of the q/k norms.
     atten_dropout_prob: Dropout probability on the attention probabilities.
-    norm_tpl: Template of the q/k normalization layer.
+    qk_norm_tpl: Template of the q and k norms (dim is set here). Default:
+      ViT-22B's LayerNorm (no bias, direct scale, float32 statistics, epsilon
+      1e-6); `norms.rms_norm()` gives RMSNorm.
     dropout_tpl: Template of the attention-probability dropout.
   """
 
   dim_per_head: int = 0
   use_qk_norm: bool = True
-  qk_norm_type: str = 'layernorm'
-  use_ln_bias: bool = False
-  ln_epsilon: float = 1e-6
   atten_dropout_prob: float = 0.0
-  norm_tpl: LayerTpl = template_field(norms.LayerNorm)
+  qk_norm_tpl: LayerTpl = template_field(norms.layer_norm)
   dropout_tpl: LayerTpl = template_field(stochastics.Dropout)
 
   class ActivationSharding(base_layer.BaseLayer.ActivationSharding):
@@ -168,23 +104,13 @@ class AttentionCore(base_layer.BaseLayer):
           f'AttentionCore.dim_per_head must be positive, got '
           f'{self.dim_per_head}.'
       )
-    if self.qk_norm_type not in QK_NORM_TYPES:
-      raise ValueError(
-          f'qk_norm_type must be one of {QK_NORM_TYPES}, got '
-          f'{self.qk_norm_type!r}.'
-      )
     if not 0.0 <= self.atten_dropout_prob < 1.0:
       raise ValueError(
           'atten_dropout_prob must be in [0, 1), got '
           f'{self.atten_dropout_prob}.'
       )
     if self.use_qk_norm:
-      norm_p = self.norm_tpl.clone().set(
-          dim=self.dim_per_head,
-          epsilon=self.ln_epsilon,
-          use_bias=self.use_ln_bias,
-          use_centering=self.qk_norm_type == 'layernorm',
-      )
+      norm_p = self.qk_norm_tpl.clone().set(dim=self.dim_per_head)
       self.create_child('q_norm', norm_p)
       self.create_child('k_norm', norm_p)
     self.create_child(

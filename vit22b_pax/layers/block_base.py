@@ -1,7 +1,10 @@
-"""Fields, sharding and helpers shared by the parallel and sequential blocks.
+"""Fields, sharding and helpers shared by the blocks and the MAP head.
 
-Both blocks expose the same fields so that a parallel-vs-sequential ablation
-changes nothing but the block class, and both fit praxis'
+`BlockOptions` holds the fields the encoder blocks and the MAP head share
+(sizes, bias switches, norm / attention templates, sharding); `BlockBase`
+adds what the blocks need inside a praxis stack. Both blocks expose the same
+fields so that a parallel-vs-sequential ablation changes nothing but the
+block class, and both fit praxis'
 `StackedTransformer.transformer_layer_params_tpl` (which sets name,
 use_cross_attention, num_heads, dim_per_head, input_dims, packed_input, the
 dropout probabilities, hidden_dims and residual_droppath_prob) and
@@ -28,109 +31,46 @@ template_field = base_layer.template_field
 LayerTpl = pax_fiddle.Config[base_layer.BaseLayer]
 
 
-def norm_config(layer: base_layer.BaseLayer) -> LayerTpl:
-  """LayerNorm over D from a layer's norm fields (blocks and MAP head).
+class BlockOptions(base_layer.BaseLayer):
+  """Fields shared by the encoder blocks and the MAP head (not used alone).
 
-  Args:
-    layer: a layer with norm_tpl, input_dims, ln_epsilon, use_ln_bias,
-      ln_centering and weight_split_dims_mapping.ln.
-
-  Returns:
-    The norm's config.
-  """
-  p = layer.norm_tpl.clone().set(
-      dim=layer.input_dims,
-      epsilon=layer.ln_epsilon,
-      use_bias=layer.use_ln_bias,
-      use_centering=layer.ln_centering,
-  )
-  p.weight_split_dims_mapping.wt = layer.weight_split_dims_mapping.ln
-  return p
-
-
-def attention_config(layer: base_layer.BaseLayer) -> LayerTpl:
-  """The attention core from a layer's QK-norm fields (blocks and MAP head).
-
-  Args:
-    layer: a layer with attention_tpl, head_dim, use_qk_norm, qk_norm_type,
-      use_ln_bias, ln_epsilon and activation_split_dims_mapping.blnh.
-
-  Returns:
-    The attention core's config.
-  """
-  p = layer.attention_tpl.clone().set(
-      dim_per_head=layer.head_dim,
-      use_qk_norm=layer.use_qk_norm,
-      qk_norm_type=layer.qk_norm_type,
-      use_ln_bias=layer.use_ln_bias,
-      ln_epsilon=layer.ln_epsilon,
-  )
-  p.activation_split_dims_mapping.blnh = (
-      layer.activation_split_dims_mapping.blnh
-  )
-  return p
-
-
-class BlockBase(base_layer.BaseLayer):
-  """Common fields of the ViT-22B encoder blocks (not used on its own).
+  Sizes, the bias and QK-norm switches, the norm / activation / attention
+  templates and the sharding fields, so that the MAP head takes the same
+  options as the blocks (`models.classifier_config` sets them once).
 
   Attributes:
     input_dims: D, the model (residual stream) width.
     hidden_dims: F, the MLP hidden width.
     num_heads: N, the number of attention heads.
     dim_per_head: H; None means input_dims // num_heads.
-    atten_dropout_prob: Dropout on the attention probabilities.
-    residual_dropout_prob: Dropout on each branch output before it is added to
-      the residual stream.
-    relu_dropout_prob: Dropout on the MLP hidden activations (praxis' name).
-    residual_droppath_prob: Probability of dropping a whole branch per example
-      (stochastic depth, praxis StochasticResidual).
-    use_cross_attention: Not supported; must stay False (set by
-      StackedTransformer).
-    packed_input: Not supported; must stay False (set by StackedTransformer).
     use_qk_norm: Normalize each head's queries and keys before the dot
-      product (ViT-22B: True).
-    qk_norm_type: 'layernorm' (centered) or 'rmsnorm' (not centered).
+      product (ViT-22B: True); the norm is attention_tpl.qk_norm_tpl.
     use_qkv_bias: Biases on the q/k/v projections (and on the attention
       output projection where that is its own matmul). ViT-22B: False.
-    use_ln_bias: Biases on all LayerNorms, including the QK-norms. ViT-22B:
-      False.
-    ln_centering: Whether the block LayerNorms subtract the mean (False gives
-      RMSNorm-like norms).
     use_mlp_bias: Biases on the MLP dense layers. ViT-22B: True.
-    ln_epsilon: Epsilon of every norm in the block.
     activation_tpl: MLP activation. Default praxis GELU with approximate=True,
       i.e. the tanh form, which is what flax `nn.gelu` (big_vision) computes;
       set approximate=False for the exact erf form.
-    norm_tpl: Template of the norm layers (dim, epsilon, use_bias and
-      use_centering are set by the block).
-    attention_tpl: Template of the attention core.
-    dropout_tpl: Template of the dropout layers.
+    ln_tpl: Template of the LayerNorm(s) over D (praxis' field name; dim and
+      sharding are set here). Default: ViT-22B's LayerNorm, no bias, scale
+      used directly, float32 statistics, epsilon 1e-6 (`norms.layer_norm`);
+      `norms.rms_norm()` or `norms.layer_norm(use_bias=True)` for variants.
+    attention_tpl: Template of the attention core (its qk_norm_tpl is the
+      QK-norm; dim_per_head, use_qk_norm and sharding are set here).
   """
 
   input_dims: int = 0
   hidden_dims: int = 0
   num_heads: int = 0
   dim_per_head: int | None = None
-  atten_dropout_prob: float = 0.0
-  residual_dropout_prob: float = 0.0
-  relu_dropout_prob: float = 0.0
-  residual_droppath_prob: float = 0.0
-  use_cross_attention: bool = False
-  packed_input: bool = False
   use_qk_norm: bool = True
-  qk_norm_type: str = 'layernorm'
   use_qkv_bias: bool = False
-  use_ln_bias: bool = False
-  ln_centering: bool = True
   use_mlp_bias: bool = True
-  ln_epsilon: float = 1e-6
   activation_tpl: pax_fiddle.Config[activations.BaseActivation] = (
       template_field(activations.GELU)
   )
-  norm_tpl: LayerTpl = template_field(norms.LayerNorm)
+  ln_tpl: LayerTpl = template_field(norms.layer_norm)
   attention_tpl: LayerTpl = template_field(attention_core.AttentionCore)
-  dropout_tpl: LayerTpl = template_field(stochastics.Dropout)
 
   class WeightSharding(base_layer.BaseLayer.WeightSharding):
     """Weight split-dims mappings (entries: mesh axis name, index or None).
@@ -138,14 +78,16 @@ class BlockBase(base_layer.BaseLayer):
     Attributes:
       in_proj: Mapping of the input projections, laid out [D, N, K] with the
         per-head fused width K last (parallel block: q, k, v and the head's
-        F/N MLP-in columns; sequential block: q, k, v). The sequential
-        block's MLP-in [D, F] uses its D and N entries. E.g. ('data',
-        'model', None) shards D over 'data' and heads over 'model'.
+        F/N MLP-in columns; sequential block: q, k, v; MAP head: w_q, w_kv).
+        The MLP-in [D, F] of the sequential block and the MAP head uses its D
+        and N entries. E.g. ('data', 'model', None) shards D over 'data' and
+        heads over 'model'.
       out_proj: Mapping of the output projections, laid out [N, J, D]
         (parallel: attention context and the head's F/N MLP-out rows; the
-        sequential attention out-projection [N, H, D]); the sequential MLP-out
-        [F, D] uses its N and D entries. E.g. ('model', None, 'data').
-      ln: Mapping of the block LayerNorm scale/bias [D]; None replicates.
+        attention out-projection [N, H, D] elsewhere); the MLP-out [F, D]
+        uses its N and D entries, the MAP probe [1, D] its D entry. E.g.
+        ('model', None, 'data').
+      ln: Mapping of the LayerNorm scale/bias [D]; None replicates.
     Biases are 1-D (head-major where per-head) and take the mapping entry
     of their weight's N (input side) or D (output side) dim.
     """
@@ -158,11 +100,11 @@ class BlockBase(base_layer.BaseLayer):
     """Activation split-dims mappings.
 
     Attributes:
-      bld: Mapping of [B, T, D] tensors: block input, output and branch
+      bld: Mapping of [B, T, D] tensors: layer input, output and branch
         outputs. E.g. ('data', None, None).
       blnh: Mapping of per-head tensors [B, T, N, *]: q, k, v, the attention
-        context and the fused projections. The sequential MLP hidden [B, T, F]
-        uses its first three entries. E.g. ('data', None, 'model', None).
+        context and the fused projections. An MLP hidden [B, T, F] uses its
+        first three entries. E.g. ('data', None, 'model', None).
     """
 
     bld: SplitDimsMapping = None
@@ -174,6 +116,71 @@ class BlockBase(base_layer.BaseLayer):
     if self.dim_per_head:
       return self.dim_per_head
     return self.input_dims // self.num_heads
+
+  def _validate_dims(self) -> None:
+    name = type(self).__name__
+    for field in ('input_dims', 'hidden_dims', 'num_heads'):
+      if getattr(self, field) <= 0:
+        raise ValueError(
+            f'{name}.{field} must be positive, got {getattr(self, field)}.'
+        )
+    if not self.dim_per_head and self.input_dims % self.num_heads:
+      raise ValueError(
+          f'{name}: input_dims ({self.input_dims}) must be divisible by '
+          f'num_heads ({self.num_heads}) when dim_per_head is not set.'
+      )
+
+  def _norm_config(self) -> LayerTpl:
+    """A LayerNorm over D from ln_tpl."""
+    p = self.ln_tpl.clone().set(dim=self.input_dims)
+    p.weight_split_dims_mapping.wt = self.weight_split_dims_mapping.ln
+    return p
+
+  def _attention_config(self) -> LayerTpl:
+    """The attention core from attention_tpl."""
+    p = self.attention_tpl.clone().set(
+        dim_per_head=self.head_dim, use_qk_norm=self.use_qk_norm
+    )
+    p.activation_split_dims_mapping.blnh = (
+        self.activation_split_dims_mapping.blnh
+    )
+    return p
+
+  def _shard(self, x: JTensor, mapping: SplitDimsMapping) -> JTensor:
+    return base_layer.maybe_shard(x, mapping, self.mesh_axis_names)
+
+  def _shard_bld(self, x: JTensor) -> JTensor:
+    return self._shard(x, self.activation_split_dims_mapping.bld)
+
+  def _shard_blnh(self, x: JTensor) -> JTensor:
+    return self._shard(x, self.activation_split_dims_mapping.blnh)
+
+
+class BlockBase(BlockOptions):
+  """Common fields of the ViT-22B encoder blocks (not used on its own).
+
+  The fields of `BlockOptions`, plus those praxis StackedTransformer sets:
+
+  Attributes:
+    atten_dropout_prob: Dropout on the attention probabilities.
+    residual_dropout_prob: Dropout on each branch output before it is added to
+      the residual stream.
+    relu_dropout_prob: Dropout on the MLP hidden activations (praxis' name).
+    residual_droppath_prob: Probability of dropping a whole branch per example
+      (stochastic depth, praxis StochasticResidual).
+    use_cross_attention: Not supported; must stay False (set by
+      StackedTransformer).
+    packed_input: Not supported; must stay False (set by StackedTransformer).
+    dropout_tpl: Template of the dropout layers.
+  """
+
+  atten_dropout_prob: float = 0.0
+  residual_dropout_prob: float = 0.0
+  relu_dropout_prob: float = 0.0
+  residual_droppath_prob: float = 0.0
+  use_cross_attention: bool = False
+  packed_input: bool = False
+  dropout_tpl: LayerTpl = template_field(stochastics.Dropout)
 
   def _validate(self) -> None:
     name = type(self).__name__
@@ -187,16 +194,7 @@ class BlockBase(base_layer.BaseLayer):
           f'{name} does not support packed inputs: set packed_input=False '
           '(on the StackedTransformer).'
       )
-    for field in ('input_dims', 'hidden_dims', 'num_heads'):
-      if getattr(self, field) <= 0:
-        raise ValueError(
-            f'{name}.{field} must be positive, got {getattr(self, field)}.'
-        )
-    if not self.dim_per_head and self.input_dims % self.num_heads:
-      raise ValueError(
-          f'{name}: input_dims ({self.input_dims}) must be divisible by '
-          f'num_heads ({self.num_heads}) when dim_per_head is not set.'
-      )
+    self._validate_dims()
     for field in (
         'atten_dropout_prob',
         'residual_dropout_prob',
@@ -207,22 +205,13 @@ class BlockBase(base_layer.BaseLayer):
         raise ValueError(
             f'{name}.{field} must be in [0, 1), got {getattr(self, field)}.'
         )
-    if self.qk_norm_type not in attention_core.QK_NORM_TYPES:
-      raise ValueError(
-          f'{name}.qk_norm_type must be one of '
-          f'{attention_core.QK_NORM_TYPES}, got {self.qk_norm_type!r}.'
-      )
-
-  def _norm_config(self) -> LayerTpl:
-    """Block LayerNorm over D."""
-    return norm_config(self)
 
   def _setup_common(self) -> None:
     """Validates fields; creates the attention core and residual dropouts."""
     self._validate()
     self.create_child(
         'attention',
-        attention_config(self).set(
+        self._attention_config().set(
             atten_dropout_prob=self.atten_dropout_prob,
             dropout_tpl=self.dropout_tpl.clone(),
         ),
@@ -241,15 +230,6 @@ class BlockBase(base_layer.BaseLayer):
               survival_prob=1.0 - self.residual_droppath_prob,
           ),
       )
-
-  def _shard(self, x: JTensor, mapping: SplitDimsMapping) -> JTensor:
-    return base_layer.maybe_shard(x, mapping, self.mesh_axis_names)
-
-  def _shard_bld(self, x: JTensor) -> JTensor:
-    return self._shard(x, self.activation_split_dims_mapping.bld)
-
-  def _shard_blnh(self, x: JTensor) -> JTensor:
-    return self._shard(x, self.activation_split_dims_mapping.blnh)
 
   def _add_branch(self, residual: JTensor, branch: JTensor) -> JTensor:
     """residual + droppath(dropout(branch))."""

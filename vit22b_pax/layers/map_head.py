@@ -19,111 +19,42 @@ from jax import numpy as jnp
 from praxis import base_layer
 from praxis import pax_fiddle
 from praxis import pytypes
-from praxis.layers import activations
 
 from vit22b_pax.layers import attention_core
 from vit22b_pax.layers import block_base
 from vit22b_pax.layers import mlp as mlp_lib
-from vit22b_pax.layers import norms
+from vit22b_pax.layers import weights
 
 JTensor = pytypes.JTensor
-SplitDimsMapping = pytypes.SplitDimsMapping
 template_field = base_layer.template_field
 LayerTpl = pax_fiddle.Config[base_layer.BaseLayer]
-select_dims = attention_core.select_dims
+select_dims = weights.select_dims
 
 
-class MAPHead(base_layer.BaseLayer):
+class MAPHead(block_base.BlockOptions):
   """Attention-pooling head: [B, T, D] tokens -> [B, D].
 
+  The fields (sizes, use_qk_norm, use_qkv_bias, use_mlp_bias, ln_tpl,
+  attention_tpl, activation_tpl) and sharding of `block_base.BlockOptions`,
+  shared with the blocks, plus:
+
   Attributes:
-    input_dims: D, the token width (also the output width).
-    hidden_dims: F, the MLP hidden width.
-    num_heads: N.
-    dim_per_head: H; None means input_dims // num_heads.
-    use_qk_norm: Normalize the probe's queries and the tokens' keys per head.
-    qk_norm_type: 'layernorm' or 'rmsnorm'.
-    use_qkv_bias: Biases on the q, k, v and attention-out projections.
-    use_ln_bias: Biases on the LayerNorm and the QK-norms.
-    ln_centering: Whether the LayerNorm subtracts the mean.
-    use_mlp_bias: Biases on the MLP dense layers.
-    ln_epsilon: Epsilon of every norm in the head.
     probe_init: Init of the probe; None uses params_init (praxis default
       Xavier; big_vision uses xavier_uniform).
-    activation_tpl: MLP activation (default praxis GELU, tanh approximation).
-    norm_tpl: Template of the norm layers.
-    attention_tpl: Template of the attention core.
-    mlp_tpl: Template of the MLP.
+    mlp_tpl: Template of the MLP (sizes, bias, activation and sharding are
+      set here).
   """
 
-  input_dims: int = 0
-  hidden_dims: int = 0
-  num_heads: int = 0
-  dim_per_head: int | None = None
-  use_qk_norm: bool = True
-  qk_norm_type: str = 'layernorm'
-  use_qkv_bias: bool = False
-  use_ln_bias: bool = False
-  ln_centering: bool = True
-  use_mlp_bias: bool = True
-  ln_epsilon: float = 1e-6
   probe_init: base_layer.WeightInit | None = None
-  activation_tpl: pax_fiddle.Config[activations.BaseActivation] = (
-      template_field(activations.GELU)
-  )
-  norm_tpl: LayerTpl = template_field(norms.LayerNorm)
-  attention_tpl: LayerTpl = template_field(attention_core.AttentionCore)
   mlp_tpl: LayerTpl = template_field(mlp_lib.Mlp)
 
-  class WeightSharding(base_layer.BaseLayer.WeightSharding):
-    """Weight split-dims mappings (same meaning as on the blocks).
-
-    Attributes:
-      in_proj: Mapping of w_q / w_kv [D, N, *]; the MLP-in [D, F] uses its D
-        and N entries.
-      out_proj: Mapping of w_atten_out [N, H, D]; the MLP-out [F, D] uses its
-        N and D entries; the probe [1, D] its D entry.
-      ln: Mapping of the LayerNorm scale/bias [D].
-    """
-
-    in_proj: SplitDimsMapping = None
-    out_proj: SplitDimsMapping = None
-    ln: SplitDimsMapping = None
-
-  class ActivationSharding(base_layer.BaseLayer.ActivationSharding):
-    """Activation split-dims mappings.
-
-    Attributes:
-      bld: Mapping of [B, T, D] tensors (tokens, the pooled [B, 1, D]).
-      blnh: Mapping of [B, T, N, H] tensors (q, k, v, context).
-    """
-
-    bld: SplitDimsMapping = None
-    blnh: SplitDimsMapping = None
-
-  @property
-  def head_dim(self) -> int:
-    """H: dim_per_head, or input_dims // num_heads when it is None."""
-    if self.dim_per_head:
-      return self.dim_per_head
-    return self.input_dims // self.num_heads
-
   def setup(self) -> None:
-    for field in ('input_dims', 'hidden_dims', 'num_heads'):
-      if getattr(self, field) <= 0:
-        raise ValueError(
-            f'MAPHead.{field} must be positive, got {getattr(self, field)}.'
-        )
-    if not self.dim_per_head and self.input_dims % self.num_heads:
-      raise ValueError(
-          f'MAPHead: input_dims ({self.input_dims}) must be divisible by '
-          f'num_heads ({self.num_heads}) when dim_per_head is not set.'
-      )
+    self._validate_dims()
     d, n, h = self.input_dims, self.num_heads, self.head_dim
     wp = self.weight_split_dims_mapping
     ap = self.activation_split_dims_mapping
-    wh = attention_core.weight_hparams
-    bh = attention_core.bias_hparams
+    wh = weights.weight_hparams
+    bh = weights.bias_hparams
     probe_split = None if wp.out_proj is None else (None, wp.out_proj[2])
     self.create_variable(
         'probe', wh(self, [1, d], probe_split, init=self.probe_init)
@@ -150,8 +81,8 @@ class MAPHead(base_layer.BaseLayer):
           'b_atten_out', bh(self, [d], select_dims(wp.out_proj, (2,)))
       )
 
-    self.create_child('attention', block_base.attention_config(self))
-    self.create_child('ln', block_base.norm_config(self))
+    self.create_child('attention', self._attention_config())
+    self.create_child('ln', self._norm_config())
 
     mlp_p = self.mlp_tpl.clone().set(
         input_dims=d,
@@ -183,9 +114,8 @@ class MAPHead(base_layer.BaseLayer):
           f'MAPHead expects inputs [B, T, {self.input_dims}], got '
           f'{inputs.shape}.'
       )
-    ap = self.activation_split_dims_mapping
     h = self.head_dim
-    inputs = base_layer.maybe_shard(inputs, ap.bld, self.mesh_axis_names)
+    inputs = self._shard_bld(inputs)
     probe = jnp.broadcast_to(
         self.theta.probe[jnp.newaxis], (inputs.shape[0], 1, self.input_dims)
     ).astype(inputs.dtype)
@@ -199,6 +129,6 @@ class MAPHead(base_layer.BaseLayer):
     x = jnp.einsum('BTNH,NHD->BTD', context, self.theta.w_atten_out)
     if self.use_qkv_bias:
       x = x + self.theta.b_atten_out
-    x = base_layer.maybe_shard(x, ap.bld, self.mesh_axis_names)
+    x = self._shard_bld(x)
     x = x + self.mlp(self.ln(x))
     return x[:, 0]

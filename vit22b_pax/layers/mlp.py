@@ -14,13 +14,13 @@ from praxis import pytypes
 from praxis.layers import activations
 from praxis.layers import stochastics
 
-from vit22b_pax.layers import attention_core
+from vit22b_pax.layers import weights
 
 JTensor = pytypes.JTensor
 SplitDimsMapping = pytypes.SplitDimsMapping
 template_field = base_layer.template_field
 LayerTpl = pax_fiddle.Config[base_layer.BaseLayer]
-select_dims = attention_core.select_dims
+select_dims = weights.select_dims
 
 
 class Mlp(base_layer.BaseLayer):
@@ -76,19 +76,19 @@ class Mlp(base_layer.BaseLayer):
     d, f = self.input_dims, self.hidden_dims
     wp = self.weight_split_dims_mapping
     self.create_variable(
-        'w_in', attention_core.weight_hparams(self, [d, f], wp.w_in)
+        'w_in', weights.weight_hparams(self, [d, f], wp.w_in)
     )
     self.create_variable(
-        'w_out', attention_core.weight_hparams(self, [f, d], wp.w_out)
+        'w_out', weights.weight_hparams(self, [f, d], wp.w_out)
     )
     if self.use_bias:
       self.create_variable(
           'b_in',
-          attention_core.bias_hparams(self, [f], select_dims(wp.w_in, (1,))),
+          weights.bias_hparams(self, [f], select_dims(wp.w_in, (1,))),
       )
       self.create_variable(
           'b_out',
-          attention_core.bias_hparams(self, [d], select_dims(wp.w_out, (1,))),
+          weights.bias_hparams(self, [d], select_dims(wp.w_out, (1,))),
       )
     self.create_child('activation', self.activation_tpl.clone())
     self.create_child(

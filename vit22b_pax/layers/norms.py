@@ -1,90 +1,79 @@
-"""Layer normalization as ViT-22B uses it.
+"""The ViT-22B norm templates, built on praxis' normalization layers.
 
-ViT-22B drops the LayerNorm bias (Dehghani et al. 2023, Sec. 2: ~3% faster)
-and some descriptions also drop the mean subtraction (RMSNorm-like), so both
-are flags here. The same layer normalizes each attention head's query and key
-vectors (QK-norm) when built with dim = H and applied to [B, T, N, H]: the
-[H] scale then broadcasts over heads, i.e. it is shared across heads like
-Flax's `MultiHeadDotProductAttention(normalize_qk=True)`.
+ViT-22B drops the LayerNorm bias (Dehghani et al. 2023, Sec. 2: ~3% faster
+training) and keeps the scale as stored by Flax / big_vision (multiplied
+directly, initialized to 1.0), so converted checkpoints map 1:1. praxis
+`normalizations.LayerNorm` does exactly that with `direct_scale=True,
+use_bias=False`, and `reductions_in_fp32=True` computes the mean and
+variance in float32 whatever the activation dtype (with bfloat16 statistics,
+bfloat16 activations of mean 100 come out with ~3x the error of the output's
+own rounding; tests/test_norms.py). `RmsNorm` (no centering, no bias) is the
+RMSNorm variant.
 
-Differences from praxis `normalizations.LayerNorm`: the scale is stored
-directly (initialized to 1.0, the Flax/big_vision convention, so converted
-checkpoints map 1:1) instead of as `1 + scale`, and centering is optional.
+These functions return the templates; the layers take them as template
+fields (`ln_tpl` on the blocks and the MAP head, `qk_norm_tpl` on the
+attention core, `final_ln_tpl` on the classifier) and set only `dim`. A
+variant is a different template, e.g. `block.ln_tpl = norms.rms_norm()`,
+not a flag repeated on every layer. Applied to [B, T, N, H] with dim = H the
+same layer is the QK-norm: the [H] scale broadcasts over the heads, i.e. it
+is shared across heads like Flax's
+`MultiHeadDotProductAttention(normalize_qk=True)`.
+
+Variables: 'scale' [dim] (init 1.0), plus 'bias' [dim] (init 0.0) only for
+`layer_norm(use_bias=True)`.
 """
 
-import jax
+from __future__ import annotations
+
 from jax import numpy as jnp
 from praxis import base_layer
-from praxis import pytypes
+from praxis import pax_fiddle
 from praxis.layers import normalizations
 
-JTensor = pytypes.JTensor
-WeightHParams = base_layer.WeightHParams
-WeightInit = base_layer.WeightInit
+from vit22b_pax import recipe
+
+LayerTpl = pax_fiddle.Config[base_layer.BaseLayer]
+
+EPSILON = recipe.LN_EPSILON
 
 
-class LayerNorm(normalizations.BaseNormalization):
-  """LayerNorm over the last dim with optional bias and optional centering.
+def layer_norm(*, use_bias: bool = False, epsilon: float = EPSILON) -> LayerTpl:
+  """LayerNorm over the last dim; the defaults are ViT-22B's.
 
-  y = (x - mean(x)) / sqrt(var(x) + epsilon) * scale (+ bias), statistics over
-  the last dim, computed in float32 and cast back to the input dtype. With
-  use_centering=False the mean is not subtracted and var(x) is mean(x^2),
-  i.e. RMSNorm.
+  y = (x - mean(x)) / sqrt(var(x) + epsilon) * scale (+ bias), statistics in
+  float32, the result cast back to the input dtype before the scale.
 
-  Attributes:
-    epsilon: Tiny value added to the variance before rsqrt.
-    use_bias: Whether to add a learned bias 'bias' [dim]. When False no bias
-      variable is created.
-    use_centering: Whether to subtract the mean (LayerNorm); False gives
-      RMSNorm.
+  Args:
+    use_bias: Whether the norm has a learned 'bias' (ViT-22B: no).
+    epsilon: Added to the variance before the rsqrt.
+
+  Returns:
+    A praxis `normalizations.LayerNorm` template (dim unset).
   """
+  return pax_fiddle.Config(
+      normalizations.LayerNorm,
+      direct_scale=True,
+      use_bias=use_bias,
+      reductions_in_fp32=True,
+      epsilon=epsilon,
+  )
 
-  epsilon: float = 1e-6
-  use_bias: bool = False
-  use_centering: bool = True
 
-  def setup(self) -> None:
-    if self.dim <= 0:
-      raise ValueError(f'LayerNorm.dim must be positive, got {self.dim}.')
-    wt = self.weight_split_dims_mapping.wt
-    if self.mesh_shape is not None and wt is None:
-      wt = (-1,)
-    # Norm parameters are excluded from (decoupled) weight decay, as in praxis.
-    collections = [base_layer.WeightHParamsCollection.SKIP_LP_REGULARIZATION]
-    self.create_variable(
-        'scale',
-        WeightHParams(
-            shape=[self.dim],
-            init=WeightInit.Constant(1.0),
-            mesh_shape=self.mesh_shape,
-            tensor_split_dims_mapping=wt,
-            collections=collections,
-        ),
-    )
-    if self.use_bias:
-      self.create_variable(
-          'bias',
-          WeightHParams(
-              shape=[self.dim],
-              init=WeightInit.Constant(0.0),
-              mesh_shape=self.mesh_shape,
-              tensor_split_dims_mapping=wt,
-              collections=collections,
-          ),
-      )
+def rms_norm(*, epsilon: float = EPSILON) -> LayerTpl:
+  """RMSNorm over the last dim: y = x / sqrt(mean(x^2) + epsilon) * scale.
 
-  def __call__(
-      self, inputs: JTensor, paddings: JTensor | None = None
-  ) -> JTensor:
-    """Normalizes the last dim of `inputs` [..., dim]; `paddings` unused."""
-    del paddings  # Per-token normalization does not mix positions.
-    dtype = inputs.dtype
-    x = inputs.astype(jnp.float32)
-    if self.use_centering:
-      x = x - jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    y = (x * jax.lax.rsqrt(var + self.epsilon)).astype(dtype)
-    y = y * self.theta.scale
-    if self.use_bias:
-      y = y + self.theta.bias
-    return y
+  Statistics in float32, the result cast to the layer's fprop_dtype before
+  the scale; no centering and no bias.
+
+  Args:
+    epsilon: Added to the mean square before the rsqrt.
+
+  Returns:
+    A praxis `normalizations.RmsNorm` template (dim unset).
+  """
+  return pax_fiddle.Config(
+      normalizations.RmsNorm,
+      direct_scale=True,
+      intermediate_dtype=jnp.float32,
+      epsilon=epsilon,
+  )

@@ -40,8 +40,8 @@ from jax.ad_checkpoint import checkpoint_name
 from praxis import py_utils
 from praxis import pytypes
 
-from vit22b_pax.layers import attention_core
 from vit22b_pax.layers import block_base
+from vit22b_pax.layers import weights
 
 JTensor = pytypes.JTensor
 NestedMap = py_utils.NestedMap
@@ -52,9 +52,9 @@ class ParallelBlock(block_base.BlockBase):
 
   Fields, sharding and defaults are those of `block_base.BlockBase` (the
   ViT-22B choices: QK-norm on, no q/k/v or LayerNorm biases, MLP biases on).
-  Variables: 'ln' (scale [D], bias [D] if use_ln_bias), 'w_in' [D, N, K],
-  'b_in', 'w_out' [N, J, D], 'b_out' [D], 'attention/q_norm' and
-  'attention/k_norm' (scale [H] each) -- see the module docstring.
+  Variables: 'ln' (scale [D]; bias [D] only if ln_tpl has one), 'w_in'
+  [D, N, K], 'b_in', 'w_out' [N, J, D], 'b_out' [D], 'attention/q_norm'
+  and 'attention/k_norm' (scale [H] each) -- see the module docstring.
   """
 
   @property
@@ -87,7 +87,7 @@ class ParallelBlock(block_base.BlockBase):
     )
     self.create_variable(
         'w_in',
-        attention_core.weight_hparams(
+        weights.weight_hparams(
             self, [d, n, 3 * h + fn], wp.in_proj,
             fan_in_axes=[0], fan_out_axes=[1, 2],
         ),
@@ -97,15 +97,15 @@ class ParallelBlock(block_base.BlockBase):
     if self.in_bias_width:
       self.create_variable(
           'b_in',
-          attention_core.bias_hparams(
+          weights.bias_hparams(
               self,
               [n * self.in_bias_width],
-              attention_core.select_dims(wp.in_proj, (1,)),
+              weights.select_dims(wp.in_proj, (1,)),
           ),
       )
     self.create_variable(
         'w_out',
-        attention_core.weight_hparams(
+        weights.weight_hparams(
             self, [n, h + fn, d], wp.out_proj,
             fan_in_axes=[0, 1], fan_out_axes=[2],
         ),
@@ -113,8 +113,8 @@ class ParallelBlock(block_base.BlockBase):
     if self.use_mlp_bias:
       self.create_variable(
           'b_out',
-          attention_core.bias_hparams(
-              self, [d], attention_core.select_dims(wp.out_proj, (2,))
+          weights.bias_hparams(
+              self, [d], weights.select_dims(wp.out_proj, (2,))
           ),
       )
 

@@ -30,7 +30,7 @@ import numpy as np
 from praxis import base_layer
 from praxis import pytypes
 
-from vit22b_pax.layers import attention_core
+from vit22b_pax.layers import weights
 
 JTensor = pytypes.JTensor
 SplitDimsMapping = pytypes.SplitDimsMapping
@@ -173,20 +173,20 @@ class PatchEmbedding(base_layer.BaseLayer):
     wp = self.weight_split_dims_mapping
     self.create_variable(
         'w',
-        attention_core.weight_hparams(
+        weights.weight_hparams(
             self, [p, p, c, d], wp.wt, fan_in_axes=[0, 1, 2], fan_out_axes=[3]
         ),
     )
     self.create_variable(
         'b',
-        attention_core.bias_hparams(
-            self, [d], attention_core.select_dims(wp.wt, (3,))
+        weights.bias_hparams(
+            self, [d], weights.select_dims(wp.wt, (3,))
         ),
     )
     init = self.pos_emb_init or WeightInit.Gaussian(d**-0.5)
     self.create_variable(
         'pos_emb',
-        attention_core.weight_hparams(
+        weights.weight_hparams(
             self, [self.num_tokens, d], wp.pos_emb, init=init
         ),
     )

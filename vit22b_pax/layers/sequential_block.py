@@ -11,7 +11,7 @@ switching the block class is the only change. Weights:
   w_atten_out [N, H, D];  b_atten_out [D] if use_qkv_bias
   mlp/w_in    [D, F];     mlp/b_in [F] if use_mlp_bias
   mlp/w_out   [F, D];     mlp/b_out [D] if use_mlp_bias
-  ln_atten, ln_mlp        LayerNorm scale [D] each (+ bias if use_ln_bias)
+  ln_atten, ln_mlp        norm scale [D] each (+ bias if ln_tpl has one)
 
 With the default flags it has the parallel block's parameters plus one more
 LayerNorm scale [D] (two pre-LNs instead of one shared).
@@ -28,13 +28,13 @@ from jax.ad_checkpoint import checkpoint_name
 from praxis import py_utils
 from praxis import pytypes
 
-from vit22b_pax.layers import attention_core
 from vit22b_pax.layers import block_base
 from vit22b_pax.layers import mlp as mlp_lib
+from vit22b_pax.layers import weights
 
 JTensor = pytypes.JTensor
 NestedMap = py_utils.NestedMap
-select_dims = attention_core.select_dims
+select_dims = weights.select_dims
 
 
 class SequentialBlock(block_base.BlockBase):
@@ -54,8 +54,8 @@ class SequentialBlock(block_base.BlockBase):
     d, n, h = self.input_dims, self.num_heads, self.head_dim
     f = self.hidden_dims
     wp = self.weight_split_dims_mapping
-    wh = attention_core.weight_hparams
-    bh = attention_core.bias_hparams
+    wh = weights.weight_hparams
+    bh = weights.bias_hparams
     self.create_child('ln_atten', self._norm_config())
     self.create_child('ln_mlp', self._norm_config())
     self.create_variable(
