@@ -1,17 +1,21 @@
 """ViT-22B optimizer recipe for praxis: schedule, Adafactor variant, WD groups.
 
-The recipe (REFERENCE.md "Training recipe"; Dehghani et al. 2023 train with the
-Scaling-ViT optimizer of Zhai et al. 2021, as big_vision implements it):
+The recipe (Dehghani et al. 2023, "Scaling Vision Transformers to 22 Billion
+Parameters", which trains with the Scaling-ViT recipe of Zhai et al. 2021,
+"Scaling Vision Transformers", as big_vision implements it; docs/recipe.md
+lists the numbers with their sources):
 
   * RsqrtSchedule: linear warmup, reciprocal-square-root decay, linear
     cooldown to exactly 0 (big_vision `decay_type='rsqrt'`).
   * ScalingViTAdafactor: Adafactor with a factored second moment whose decay
     is capped, beta2_t = min(0.999, 1 - (t + 1)^-0.8); a first moment
-    (beta1 0.9) stored in bfloat16; no parameter-scale multiplication. Like
-    big_vision's `scale_by_adafactor` there is no per-tensor update clipping
-    by default (a knob). Global-norm gradient clipping at 1.0 is the praxis
-    `clip_gradient_norm_to_value` field, which paxml's Learner applies to the
-    raw gradients before this optimizer sees them.
+    (beta1 0.9) stored in bfloat16; no parameter-scale multiplication. Built
+    like big_vision's `scale_by_adafactor`, from optax's
+    scale_by_factored_rms and ema (plus the partition specs praxis needs to
+    shard the state); no per-tensor update clipping by default (a knob,
+    optax's clip_by_block_rms). Global-norm gradient clipping at 1.0 is the
+    praxis `clip_gradient_norm_to_value` field, which paxml's Learner applies
+    to the raw gradients before this optimizer sees them.
   * Decoupled weight decay in groups, `param -= wd * lr(t) * param`: 3.0 on
     the classifier head kernel (params/head/w), 0.03 on every other kernel
     (variables named 'w' / 'w_*': patch embedding, blocks, MAP head). As in
@@ -25,14 +29,14 @@ default) then runs the optimizer per layer on stacked (scanned) variables.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 from jax import numpy as jnp
 import numpy as np
 import optax
+from optax._src import factorized
 from praxis import base_hyperparams
 from praxis import base_layer
 from praxis import gshard_utils
@@ -103,19 +107,23 @@ def _validate_rules(
   return compiled
 
 
-def _decay_for(
+def _rule_index(
     name: str,
     rank: int,
     rules: Sequence[tuple[re.Pattern[str], float]],
     min_rank: int,
-) -> float:
-  """The first rule whose regex matches `name` wins; unmatched -> 0."""
+) -> int | None:
+  """Index of the rule deciding `name`'s decay: the first regex that matches.
+
+  None when no rule matches or the per-layer rank is below min_rank (no
+  decay).
+  """
   if rank < min_rank:
-    return 0.0
-  for regex, decay in rules:
+    return None
+  for i, (regex, _) in enumerate(rules):
     if regex.search(name):
-      return decay
-  return 0.0
+      return i
+  return None
 
 
 def describe_weight_decay(
@@ -141,10 +149,11 @@ def describe_weight_decay(
   names = py_utils.extract_prefixed_keys_from_nested_map(var_weight_hparams)
   flat_names = jax.tree_util.tree_leaves(names)
   flat_hparams = jax.tree_util.tree_leaves(var_weight_hparams)
-  return {
-      n: _decay_for(n, len(p.shape), compiled, min_rank)
-      for n, p in zip(flat_names, flat_hparams)
-  }
+  decays = {}
+  for name, p in zip(flat_names, flat_hparams):
+    i = _rule_index(name, len(p.shape), compiled, min_rank)
+    decays[name] = 0.0 if i is None else compiled[i][1]
+  return decays
 
 
 class RsqrtSchedule(schedules.BaseSchedule):
@@ -205,83 +214,202 @@ class RsqrtSchedule(schedules.BaseSchedule):
     return value
 
 
-class ScalingViTAdafactorState(NamedTuple):
-  """State of ScalingViTAdafactor; trees hold (1,) placeholders where unused.
+def beta2_schedule(
+    beta2_cap: float = BETA2_CAP,
+) -> Callable[[JTensor, float], JTensor]:
+  """The capped second-moment decay, as optax's `decay_rate_fn`.
 
-  Attributes:
-    count: number of updates done so far (int32 scalar).
-    m: first moment, in momentum_dtype.
-    v_row: factored second moment, the param's shape without its largest dim.
-    v_col: factored second moment, the param's shape without its second
-      largest dim.
-    v: full second moment of variables that are not factored.
+  beta2_t = min(beta2_cap, 1 - (t + 1)^-decay_rate) (Zhai et al. 2021;
+  big_vision `scale_by_adafactor`). optax passes t = count - step_offset;
+  before the offset t is taken as 0 (the schedule's start) instead of giving
+  a power of a negative number.
+
+  Args:
+    beta2_cap: upper bound of beta2_t.
+
+  Returns:
+    (t, decay_rate) -> beta2_t.
   """
 
-  count: JTensor
-  m: NestedJTensor
-  v_row: NestedJTensor
-  v_col: NestedJTensor
-  v: NestedJTensor
+  def decay_rate_fn(step: JTensor, decay_rate: float) -> JTensor:
+    t = jnp.maximum(jnp.asarray(step, jnp.float32), 0.0) + 1.0
+    return jnp.minimum(beta2_cap, 1.0 - t ** (-decay_rate))
 
-
-@dataclasses.dataclass(frozen=True)
-class _VarResult:
-  """Per-variable results; not a pytree, so tree_map leaves it whole."""
-
-  update: Any
-  m: Any
-  v_row: Any
-  v_col: Any
-  v: Any
-
-
-def _split_results(count, results) -> ScalingViTAdafactorState:
-  get = lambda field: jax.tree_util.tree_map(
-      lambda r: getattr(r, field), results
-  )
-  return ScalingViTAdafactorState(
-      count=count,
-      m=get('m'),
-      v_row=get('v_row'),
-      v_col=get('v_col'),
-      v=get('v'),
-  )
-
-
-def _drop(shape: Sequence[int], dim: int) -> list[int]:
-  """`shape` without dim `dim`."""
-  return [int(d) for i, d in enumerate(shape) if i != dim]
+  return decay_rate_fn
 
 
 def factored_dims(
     shape: Sequence[int], min_dim_size_to_factor: int
 ) -> tuple[int, int] | None:
-  """(second largest, largest) dim indices to factor over, or None.
+  """(d1, d0): the dims optax.scale_by_factored_rms factors over, or None.
 
-  As optax.scale_by_factored_rms: factor when rank >= 2 and the second
-  largest dim is >= min_dim_size_to_factor. A stable sort breaks ties, so a
-  square [D, D] kernel gets row statistics over its last dim.
+  d0 is the largest dim, d1 the second largest; None (a full second moment)
+  when the rank is < 2 or shape[d1] < min_dim_size_to_factor. v_row has the
+  shape without d0, v_col the shape without d1, and a factored variable's
+  update is g / sqrt(v_row / mean_d1(v_row)) / sqrt(v_col).
 
-  Rank-3 weights factor over their two largest dims, as optax and praxis do
-  for [D, N, H] attention weights: the parallel block's w_in [D, N, K] keeps
-  statistics [N, K] and [D, N], finer than the [D] x [3NH + F] a flat 2-D
-  fused kernel would get (big_vision), and not identical to what the
-  sequential block's separate q/k/v and MLP kernels get.
+  This is optax's own (private) helper, so that the partition specs always
+  describe the state optax creates. Its argsort is numpy's default, not a
+  stable sort: on this stack it breaks ties like a stable sort for rank <= 3
+  (every shape with dims in {8, 32, 64, 128}) but not always for rank 4
+  ([64, 64, 32, 32] -> d1 1, d0 0). The update does not depend on which of
+  two equal dims is d0 (v_row v_col / mean(v_row) is the same product), only
+  the state layout does.
+
+  Rank-3 weights ([D, N, K] fused attention/MLP weights, [N, J, D]) factor
+  over their two largest dims: the parallel block's w_in [D, N, K] keeps
+  statistics [N, K] and [D, N], i.e. each head's [D, K] slice is factored as
+  its own matrix (the mean in the update runs over K per head). That is
+  finer than the [D] x [3NH + F] statistics of a flat 2-D fused kernel
+  (big_vision), and not identical to what the sequential block's separate
+  q/k/v and MLP kernels get.
 
   Args:
     shape: the per-layer variable shape (repeat prefix excluded).
     min_dim_size_to_factor: the factoring threshold.
 
   Returns:
-    (d1, d0) with d0 the largest dim, or None for a full second moment.
+    (d1, d0), or None for a full second moment.
   """
-  if len(shape) < 2:
-    return None
-  order = np.argsort(np.asarray(shape), kind='stable')
-  d1, d0 = int(order[-2]), int(order[-1])
-  if shape[d1] < min_dim_size_to_factor:
-    return None
-  return d1, d0
+  return factorized._factored_dims(  # pylint: disable=protected-access
+      tuple(shape), True, min_dim_size_to_factor
+  )
+
+
+def _count_spec() -> WeightHParams:
+  """Partition spec of an optimizer step counter (replicated int32)."""
+  return WeightHParams(
+      shape=[],
+      init=None,
+      dtype=jnp.int32,
+      collections=None,
+      tensor_split_dims_mapping=[],
+  )
+
+
+def _slot_spec(
+    var_hparams: WeightHParams,
+    shape: Sequence[int],
+    dtype: Any,
+    split: pytypes.SplitDimsMapping = None,
+) -> WeightHParams:
+  """Partition spec of one optimizer slot of the variable `var_hparams`."""
+  if var_hparams.repeat_prefix:
+    raise ValueError(
+        'scaling_vit_adafactor: a variable has repeat_prefix '
+        f'{var_hparams.repeat_prefix}; vectorize the optimizer on repeat '
+        'prefixes (paxml Learner vectorize_on_repeat_prefix=True, or '
+        'optimizer_prefix_vectorization.'
+        'get_transformations_with_vectorized_repeat_prefix).'
+    )
+  split_rank = None if split is None else len(split)
+  if split_rank is not None and split_rank != len(shape):
+    raise ValueError(
+        f'tensor_split_dims_mapping {split} does not match shape {shape}.'
+    )
+  return WeightHParams(
+      shape=[int(d) for d in shape],
+      init=None,
+      dtype=dtype,
+      collections=None,
+      mesh_shape=var_hparams.mesh_shape,
+      tensor_split_dims_mapping=split,
+  )
+
+
+def _factored_rms_spec(min_dim_size_to_factor: int):
+  """init_partition_spec of optax.scale_by_factored_rms.
+
+  A state dim keeps the sharding of the variable dim it comes from; the (1,)
+  placeholders optax keeps for unused slots are replicated.
+  """
+
+  def slots(vh: WeightHParams) -> tuple[Any, Any, Any]:
+    shape, split = list(vh.shape), vh.tensor_split_dims_mapping
+    if split is not None and len(split) != len(shape):
+      raise ValueError(
+          f'tensor_split_dims_mapping {split} does not match shape {shape}.'
+      )
+    placeholder = _slot_spec(vh, [1], jnp.float32)
+    dims = factored_dims(shape, min_dim_size_to_factor)
+    if dims is None:
+      return placeholder, placeholder, _slot_spec(vh, shape, jnp.float32, split)
+    d1, d0 = dims
+    drop = lambda d: split and gshard_utils.remove_dim(d, split)
+    v_row = _slot_spec(vh, np.delete(shape, d0), jnp.float32, drop(d0))
+    v_col = _slot_spec(vh, np.delete(shape, d1), jnp.float32, drop(d1))
+    return v_row, v_col, placeholder
+
+  def spec_fn(var_hparams: NestedWeightHParams) -> optax.FactoredState:
+    part = lambda i: jax.tree_util.tree_map(
+        lambda vh: slots(vh)[i], var_hparams
+    )
+    return optax.FactoredState(
+        count=_count_spec(), v_row=part(0), v_col=part(1), v=part(2)
+    )
+
+  return spec_fn
+
+
+def _ema_spec(dtype: Any):
+  """init_partition_spec of optax.ema: a slot like each variable in dtype."""
+
+  def spec_fn(var_hparams: NestedWeightHParams) -> optax.EmaState:
+    return optax.EmaState(
+        count=_count_spec(),
+        ema=jax.tree_util.tree_map(
+            lambda vh: _slot_spec(
+                vh, vh.shape, dtype, vh.tensor_split_dims_mapping
+            ),
+            var_hparams,
+        ),
+    )
+
+  return spec_fn
+
+
+def _weight_decay_masks(
+    rules: Sequence[tuple[re.Pattern[str], float]], min_rank: int
+) -> list[Callable[[NestedJTensor], NestedJTensor]]:
+  """mask_i(tree): True at the variables whose decay comes from rules[i].
+
+  The first rule whose regex matches the variable path wins (see
+  _rule_index); the masks are static (paths and ranks), as optax.masked
+  needs under jit.
+  """
+
+  def mask(i: int) -> Callable[[NestedJTensor], NestedJTensor]:
+    def fn(tree):
+      names = py_utils.extract_prefixed_keys_from_nested_map(tree)
+      return jax.tree_util.tree_map(
+          lambda x, name: _rule_index(name, x.ndim, rules, min_rank) == i,
+          tree,
+          names,
+      )
+
+    return fn
+
+  return [mask(i) for i in range(len(rules))]
+
+
+def _sharded_chain(
+    *parts: tuple[optax.GradientTransformation, Callable[..., Any]],
+) -> optimizers.ShardedGradientTransformation:
+  """optax.chain of (transformation, init_partition_spec) pairs.
+
+  Not praxis' sharded_chain: that wraps the specs in an optax.MaskedState
+  which paxml (tasks_lib.create_state_partition_specs) removes only at the
+  outermost level, where BaseOptimizer's own sharded_chain puts one; nested
+  one level down it would no longer match the state's plain tuple.
+  """
+  chained = optax.chain(*(tx for tx, _ in parts))
+  return optimizers.ShardedGradientTransformation(
+      init=chained.init,
+      update=chained.update,
+      init_partition_spec=lambda var_hparams: tuple(
+          spec(var_hparams) for _, spec in parts
+      ),
+  )
 
 
 def scaling_vit_adafactor(
@@ -300,22 +428,31 @@ def scaling_vit_adafactor(
 ) -> optimizers.ShardedGradientTransformation:
   """The Scaling-ViT Adafactor with decoupled weight decay groups.
 
+  The optax chain big_vision builds (`big_vision/optax.py`:
+  `scale_by_adafactor`, then its learning-rate and weight-decay steps), with
+  a praxis init_partition_spec so that the state is sharded like the
+  variables under pjit:
+
+    optax.scale_by_factored_rms(decay_rate_fn=beta2_schedule(beta2_cap))
+    optax.clip_by_block_rms(update_clip_threshold)       (if set)
+    optax.ema(beta1, debias=False, accumulator_dtype=momentum_dtype)
+    optax.add_decayed_weights(decay, mask) per rule      (decay > 0)
+    optax.scale_by_learning_rate(learning_rate_fn)
+
   For a gradient g at update count t (0-based), per variable:
     beta2 = min(beta2_cap, 1 - (max(t - step_offset, 0) + 1)^-decay_rate)
-    factored [.., R, .., C]: v_row = beta2 v_row + (1-beta2) mean_C(g^2 + eps)
-      v_col = beta2 v_col + (1-beta2) mean_R(g^2 + eps)
-      u = g / sqrt(v_row / mean_R(v_row)) / sqrt(v_col)
+    factored (see factored_dims): v_row = beta2 v_row + (1-beta2) mean_d0(g^2
+      + eps); v_col = beta2 v_col + (1-beta2) mean_d1(g^2 + eps);
+      u = g / sqrt(v_row / mean_d1(v_row)) / sqrt(v_col)
     else: v = beta2 v + (1-beta2) (g^2 + eps); u = g / sqrt(v)
     u /= max(1, rms(u) / update_clip_threshold)        (if the threshold is set)
-    m = beta1 m + (1-beta1) u; u = m (m stored rounded to momentum_dtype)
-    update = -lr(t) u - lr(t) wd(name) param
+    m = beta1 m + (1-beta1) u; u = m (only the stored m is rounded to
+      momentum_dtype)
+    update = -lr(t) (u + wd(name) param)
 
-  This mirrors big_vision's scale_by_adafactor (optax.scale_by_factored_rms,
-  optional clip_by_block_rms, optax.ema(debias=False)) and its decoupled
-  weight decay, with a praxis init_partition_spec so that the state is
-  sharded like the variables under pjit. Variables with a repeat prefix must
-  go through praxis' prefix vectorization (paxml Learner does it), as with
-  praxis' ShardedAdafactor, so that each stacked layer is its own variable.
+  Variables with a repeat prefix must go through praxis' prefix
+  vectorization (paxml's Learner does it), as with praxis' ShardedAdafactor,
+  so that each stacked layer is its own variable.
 
   Args:
     learning_rate_fn: count -> learning rate (peak times schedule).
@@ -335,140 +472,47 @@ def scaling_vit_adafactor(
     A praxis ShardedGradientTransformation.
   """
   rules = _validate_rules(weight_decay_rules, 'weight_decay_rules')
-  momentum_dtype = jnp.dtype(momentum_dtype)
-
-  def placeholder():
-    return jnp.zeros((1,), jnp.float32)
-
-  def init_one(param):
-    shape = param.shape
-    m = jnp.zeros(shape, momentum_dtype) if beta1 else placeholder()
-    dims = factored_dims(shape, min_dim_size_to_factor)
-    if dims is None:
-      return _VarResult(
-          None, m, placeholder(), placeholder(), jnp.zeros(shape, jnp.float32)
-      )
-    d1, d0 = dims
-    v_row = jnp.zeros(_drop(shape, d0), jnp.float32)
-    v_col = jnp.zeros(_drop(shape, d1), jnp.float32)
-    return _VarResult(None, m, v_row, v_col, placeholder())
-
-  def init_fn(params):
-    results = jax.tree_util.tree_map(init_one, params)
-    return _split_results(jnp.zeros([], jnp.int32), results)
-
-  def spec(shape, dtype, var_hparams, split=None):
-    return WeightHParams(
-        shape=list(shape),
-        init=None,
-        dtype=dtype,
-        collections=None,
-        mesh_shape=var_hparams.mesh_shape,
-        tensor_split_dims_mapping=split,
-    )
-
-  def init_partition_spec_one(var_hparams: WeightHParams) -> _VarResult:
-    if var_hparams.repeat_prefix:
-      raise ValueError(
-          'ScalingViTAdafactor: a variable has repeat_prefix '
-          f'{var_hparams.repeat_prefix}; vectorize the optimizer on repeat '
-          'prefixes (paxml Learner vectorize_on_repeat_prefix=True, or '
-          'optimizer_prefix_vectorization.'
-          'get_transformations_with_vectorized_repeat_prefix).'
-      )
-    shape = list(var_hparams.shape)
-    split = var_hparams.tensor_split_dims_mapping
-    if split is not None and len(split) != len(shape):
-      raise ValueError(
-          f'tensor_split_dims_mapping {split} does not match shape {shape}.'
-      )
-    placeholder_spec = spec([1], jnp.float32, var_hparams)
-    if beta1:
-      m = spec(shape, momentum_dtype, var_hparams, split)
-    else:
-      m = placeholder_spec
-    dims = factored_dims(shape, min_dim_size_to_factor)
-    if dims is None:
-      v = spec(shape, jnp.float32, var_hparams, split)
-      return _VarResult(None, m, placeholder_spec, placeholder_spec, v)
-    d1, d0 = dims
-    # A state dim keeps the sharding of the variable dim it comes from.
-    drop = lambda d: split and gshard_utils.remove_dim(d, split)
-    v_row = spec(_drop(shape, d0), jnp.float32, var_hparams, drop(d0))
-    v_col = spec(_drop(shape, d1), jnp.float32, var_hparams, drop(d1))
-    return _VarResult(None, m, v_row, v_col, placeholder_spec)
-
-  def init_partition_spec_fn(var_hparams):
-    results = jax.tree_util.tree_map(init_partition_spec_one, var_hparams)
-    count = WeightHParams(
-        shape=[],
-        init=None,
-        dtype=jnp.int32,
-        collections=None,
-        tensor_split_dims_mapping=[],
-    )
-    return _split_results(count, results)
-
-  def update_one(count, lr, grad, m, v_row, v_col, v, param, name):
-    g = grad.astype(jnp.float32)
-    g_sq = g * g + epsilon
-    t = jnp.maximum(count - step_offset, 0).astype(jnp.float32) + 1.0
-    beta2 = jnp.minimum(beta2_cap, 1.0 - t ** (-decay_rate))
-    dims = factored_dims(param.shape, min_dim_size_to_factor)
-    if dims is None:
-      v = beta2 * v + (1.0 - beta2) * g_sq
-      u = g * jax.lax.rsqrt(v)
-    else:
-      d1, d0 = dims
-      v_row = beta2 * v_row + (1.0 - beta2) * jnp.mean(g_sq, axis=d0)
-      v_col = beta2 * v_col + (1.0 - beta2) * jnp.mean(g_sq, axis=d1)
-      # d1 in v_row's coordinates (d0 was removed from it).
-      row_axis = d1 - 1 if d1 > d0 else d1
-      row_mean = jnp.mean(v_row, axis=row_axis, keepdims=True)
-      u = (
-          g
-          * jnp.expand_dims(jax.lax.rsqrt(v_row / row_mean), d0)
-          * jnp.expand_dims(jax.lax.rsqrt(v_col), d1)
-      )
-    if update_clip_threshold:
-      rms = jnp.sqrt(jnp.mean(u * u))
-      u = u / jnp.maximum(1.0, rms / update_clip_threshold)
-    if beta1:
-      # The update uses the float32 average; only the stored copy is rounded.
-      u = beta1 * m.astype(jnp.float32) + (1.0 - beta1) * u
-      m = u.astype(momentum_dtype)
-    update = -lr * u
-    decay = _decay_for(name, param.ndim, rules, weight_decay_min_rank)
+  empty_spec = lambda _: optax.EmptyState()
+  parts = [(
+      optax.scale_by_factored_rms(
+          factored=True,
+          decay_rate=decay_rate,
+          step_offset=step_offset,
+          min_dim_size_to_factor=min_dim_size_to_factor,
+          epsilon=epsilon,
+          decay_rate_fn=beta2_schedule(beta2_cap),
+      ),
+      _factored_rms_spec(min_dim_size_to_factor),
+  )]
+  if update_clip_threshold:
+    parts.append((optax.clip_by_block_rms(update_clip_threshold), empty_spec))
+  if beta1:
+    momentum_dtype = jnp.dtype(momentum_dtype)
+    # A float32 decay, not the Python float big_vision passes: optax computes
+    # decay * m with m in momentum_dtype, and jax's weak typing would then
+    # round 0.9 to bfloat16 (0.900390625) and the product to bfloat16 before
+    # the float32 sum. So only the stored m is rounded (AdafactorReferenceTest
+    # in tests/test_optim.py tells the two apart).
+    parts.append((
+        optax.ema(
+            jnp.asarray(beta1, jnp.float32),
+            debias=False,
+            accumulator_dtype=momentum_dtype,
+        ),
+        _ema_spec(momentum_dtype),
+    ))
+  masks = _weight_decay_masks(rules, weight_decay_min_rank)
+  for (_, decay), mask in zip(rules, masks):
     if decay:
-      update = update - (lr * decay) * param.astype(jnp.float32)
-    return _VarResult(update.astype(param.dtype), m, v_row, v_col, v)
-
-  def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError(
-          'ScalingViTAdafactor needs params (weight decay): pass them to '
-          'update().'
-      )
-    lr = learning_rate_fn(state.count)
-    names = py_utils.extract_prefixed_keys_from_nested_map(updates)
-    results = jax.tree_util.tree_map(
-        lambda *args: update_one(state.count, lr, *args),
-        updates,
-        state.m,
-        state.v_row,
-        state.v_col,
-        state.v,
-        params,
-        names,
-    )
-    new_updates = jax.tree_util.tree_map(lambda r: r.update, results)
-    return new_updates, _split_results(state.count + 1, results)
-
-  return optimizers.ShardedGradientTransformation(
-      init=init_fn,
-      update=update_fn,
-      init_partition_spec=init_partition_spec_fn,
-  )
+      parts.append((
+          optax.add_decayed_weights(decay, mask),
+          lambda _: optax.MaskedState(inner_state=optax.EmptyState()),
+      ))
+  parts.append((
+      optax.scale_by_learning_rate(learning_rate_fn),
+      lambda _: optax.ScaleByScheduleState(count=_count_spec()),
+  ))
+  return _sharded_chain(*parts)
 
 
 class ScalingViTAdafactor(optimizers.BaseOptimizer):
