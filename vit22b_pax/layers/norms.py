@@ -21,6 +21,14 @@ is shared across heads like Flax's
 
 Variables: 'scale' [dim] (init 1.0), plus 'bias' [dim] (init 0.0) only for
 `layer_norm(use_bias=True)`.
+
+These replaced a hand-written LayerNorm computing the same values (same
+variables, gradients equal to 5e-7). On its own praxis' LayerNorm was ~14%
+slower forward+backward on [8, 196, 768] float32 on a CPU (its gradient has
+188 HLO instructions against 147): ~2 ms of a ~2 s block forward+backward
+there (D 768, F 3072, 12 heads, batch 8 x 196), and 4-block stacks timed
+old vs new, interleaved, differed by less than their noise. No reason to
+keep a copy.
 """
 
 from __future__ import annotations
