@@ -14,7 +14,8 @@ from praxis.layers import transformers
 
 from vit22b_pax import flops
 
-# ViT-22B (REFERENCE.md): D 6144, L 48, F 24576, 224 px, patch 14 -> T 256.
+# ViT-22B (docs/recipe.md, the paper's Table 1): D 6144, L 48, F 24576,
+# 224 px, patch 14 -> T 256.
 D, L, F, T = 6144, 48, 24576, 256
 
 Size = collections.namedtuple(
@@ -25,7 +26,7 @@ Size = collections.namedtuple(
 class PaperFlopsTest(absltest.TestCase):
 
   def test_vit22b_block_params_match_paper_table(self):
-    # The paper's table: 21,743M; REFERENCE.md gives the exact integer.
+    # The paper's table: 21,743M; L (4 D^2 + 2 D F) gives the exact integer.
     self.assertEqual(flops.block_matrix_params(D, F, L), 21_743_271_936)
 
   def test_vit22b_flops_per_token(self):
@@ -36,7 +37,7 @@ class PaperFlopsTest(absltest.TestCase):
     )
     self.assertEqual(got, expected)
     self.assertIsInstance(got, int)
-    # REFERENCE.md: 131.37 GFLOP per token.
+    # docs/recipe.md: 131.37 GFLOP per token.
     self.assertAlmostEqual(got / 1e9, 131.37, delta=0.005)
     self.assertEqual(
         flops.train_flops_per_image(flops.block_matrix_params(D, F, L), L, T,

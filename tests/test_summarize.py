@@ -16,7 +16,7 @@ import tensorflow as tf
 from vit22b_pax.tools import summarize
 from vit22b_pax.tools import train_summary
 
-# ViT-22B (REFERENCE.md): D 6144, L 48, F 24576, 48 heads x 128, patch 14,
+# ViT-22B (docs/recipe.md): D 6144, L 48, F 24576, 48 heads x 128, patch 14,
 # 224 px (T = 256), 29,593 classes.
 D, L, F, H, P, T, C = 6144, 48, 24576, 128, 14, 256, 29_593
 

@@ -1,7 +1,8 @@
 """FLOP, MFU and parameter accounting in the ViT-22B paper's convention.
 
-REFERENCE.md "Infrastructure and efficiency": the paper's 54.9% MFU follows
-from counting, per token, 6 FLOPs per encoder-block weight-matrix parameter
+docs/recipe.md "Infrastructure and efficiency" (Dehghani et al. 2023, with
+PaLM's MFU definition): the paper's 54.9% MFU follows from counting, per
+token, 6 FLOPs per encoder-block weight-matrix parameter
 (forward 2 + backward 4) plus the attention score and context matmuls,
 12 * L * T * D for non-causal attention (not halved: a ViT attends to all T
 tokens). Patch embedding, MAP head and classifier are left out, as the
