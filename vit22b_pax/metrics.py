@@ -21,6 +21,9 @@ Conventions (big_vision's, used for JFT pre-training):
   are excluded (their AP is undefined). Tied scores are ranked in input order,
   which makes ties order-dependent, as in most sort-based implementations.
 
+np_class_subset_metrics restricts mAP and precision@1 to a subset of the
+classes (e.g. the leaves of a class hierarchy, see vit22b_pax.input.stats).
+
 Every metric has a jnp version that runs inside a jitted model step and a
 numpy twin (prefixed `np_`) for host-side evaluation over a whole eval set,
 e.g. on the logits/labels/weight the model returns per example.
@@ -225,3 +228,30 @@ def np_mean_average_precision(scores, labels, weights=None):
   precision = np.cumsum(sorted_pos, axis=0) / ranks
   ap = (sorted_pos * precision).sum(axis=0) / num_pos
   return float(ap.mean())
+
+
+def np_class_subset_metrics(scores, labels, weights, classes):
+  """mAP and precision@1 over a subset of the classes (e.g. the leaves).
+
+  Both metrics see only the subset's columns: a class's AP depends on its
+  own column alone, so mAP is the mean AP over the subset's classes that
+  have a positive; precision@1 takes the top-scored class of the subset and
+  counts a hit when it is one of the example's labels (an example with no
+  label in the subset is a miss).
+
+  Args:
+    scores: [N, C].
+    labels: [N, C] multi-hot.
+    weights: [N] example weights (0 drops an example), or None.
+    classes: [K] class ids of the subset.
+
+  Returns:
+    {'map': float, 'precision_at_1': float}.
+  """
+  classes = np.asarray(classes, dtype=np.int64)
+  scores = np.asarray(scores)[:, classes]
+  labels = np.asarray(labels)[:, classes]
+  return {
+      'map': np_mean_average_precision(scores, labels, weights),
+      'precision_at_1': np_precision_at_1(scores, labels, weights),
+  }

@@ -17,6 +17,7 @@ from praxis import base_layer
 
 from vit22b_pax import flops
 from vit22b_pax import metrics as metrics_lib
+from vit22b_pax.input import stats
 
 TrainState = tasks_lib.TrainState
 
@@ -99,7 +100,8 @@ class DatasetMetricsEvalProgram(programs.SingleTaskEvalProgram):
   (a class's AP depends on every example). This program also computes mAP
   and precision@1 over all eval examples from the model's per-example
   logits/labels/weight and reports them as 'map_dataset' and
-  'precision_at_1_dataset'.
+  'precision_at_1_dataset'; on a dataset with a class hierarchy, also over
+  its leaf classes ('map_leaf_dataset', 'precision_at_1_leaf_dataset').
   """
 
   def _run_eval_loop(self, state: TrainState) -> EvalLoopOutput:
@@ -125,4 +127,9 @@ class DatasetMetricsEvalProgram(programs.SingleTaskEvalProgram):
     p1_all = metrics_lib.np_precision_at_1(logits, labels, weight)
     out.metrics['map_dataset'].append((np.float32(map_all), count))
     out.metrics['precision_at_1_dataset'].append((np.float32(p1_all), count))
+    # Over the leaf classes too: roots are in most images (see stats.py).
+    data_dir = getattr(self.eval_input, 'data_dir', '')
+    leaf = stats.leaf_metrics(data_dir, logits, labels, weight)
+    for key, value in leaf.items():
+      out.metrics[key].append((np.float32(value), count))
     return out

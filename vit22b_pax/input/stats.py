@@ -17,18 +17,30 @@ of vit22b_pax.metrics), so
 
 The counts come from dataset_info.json (`expanded_label_counts` when labels
 are expanded to their ancestors, else `label_counts`).
+
+Leaf classes. With the hierarchy expanded, the roots are in most images
+(the shapes dataset's most frequent root is in 76% of them), so
+precision@1 over all classes is ~1 for any model that learns the prior,
+and the roots' APs lift mAP. The leaf classes (those that are no class's
+parent, e.g. "red circle") carry the fine-grained task: leaf_metrics()
+computes mAP and precision@1 over them, and the chance functions take
+`classes=leaf_classes(data_dir)` for their image-blind levels.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 from typing import Any, Sequence
 
+import numpy as np
 import tensorflow as tf
 
+from vit22b_pax import metrics
 from vit22b_pax.input import data_format
+from vit22b_pax.input import hierarchy
 
 
 def expected_random_ap(num_positives: int, num_examples: int) -> float:
@@ -71,9 +83,19 @@ def _chance_map_pooled(
 
 
 def label_counts_for(
-    info: dict[str, Any], split: str, expand_hierarchy: bool = True
+    info: dict[str, Any],
+    split: str,
+    expand_hierarchy: bool = True,
+    classes: Sequence[int] | None = None,
 ) -> tuple[list[int], int]:
-  """(per-class positive counts, number of examples) of a split's info."""
+  """(per-class positive counts, number of examples) of a split's info.
+
+  Args:
+    info: Parsed dataset_info.json.
+    split: The split.
+    expand_hierarchy: Count labels expanded to their ancestors.
+    classes: If set, the counts of these class ids only, in this order.
+  """
   splits = info.get('splits', {})
   if split not in splits:
     raise ValueError(
@@ -81,7 +103,16 @@ def label_counts_for(
     )
   s = splits[split]
   key = 'expanded_label_counts' if expand_hierarchy else 'label_counts'
-  return [int(c) for c in s[key]], int(s['num_examples'])
+  counts = [int(c) for c in s[key]]
+  if classes is not None:
+    bad = [c for c in classes if not 0 <= c < len(counts)]
+    if bad:
+      raise ValueError(
+          f'class ids {bad[:5]} out of range: dataset info {key!r} of split'
+          f' {split!r} has {len(counts)} classes.'
+      )
+    counts = [counts[c] for c in classes]
+  return counts, int(s['num_examples'])
 
 
 def chance_map_from_info(
@@ -89,6 +120,7 @@ def chance_map_from_info(
     split: str = 'eval',
     expand_hierarchy: bool = True,
     pool_size: int | None = None,
+    classes: Sequence[int] | None = None,
 ) -> float:
   """Chance-level mAP of a split (see the module docstring).
 
@@ -98,11 +130,14 @@ def chance_map_from_info(
     expand_hierarchy: Whether the evaluated labels include ancestors.
     pool_size: If set, AP is computed per pool of this many examples (e.g. a
       per-batch mAP averaged over batches) rather than over the whole split.
+    classes: If set, the mAP over these class ids only (e.g. the leaves).
 
   Returns:
     The expected mAP of an image-blind scorer.
   """
-  counts, num_examples = label_counts_for(info, split, expand_hierarchy)
+  counts, num_examples = label_counts_for(
+      info, split, expand_hierarchy, classes
+  )
   if pool_size is not None and pool_size < num_examples:
     return _chance_map_pooled(counts, num_examples, pool_size)
   aps = [expected_random_ap(n, num_examples) for n in counts if n > 0]
@@ -114,6 +149,7 @@ def chance_map(
     split: str = 'eval',
     expand_hierarchy: bool = True,
     pool_size: int | None = None,
+    classes: Sequence[int] | None = None,
 ) -> float:
   """Chance-level mAP of `split` of the dataset in `data_dir`."""
   info = data_format.read_info(data_dir)
@@ -122,18 +158,66 @@ def chance_map(
         f'{data_format.info_file_path(data_dir)} does not exist; the chance'
         ' level needs the label counts it holds.'
     )
-  return chance_map_from_info(info, split, expand_hierarchy, pool_size)
+  return chance_map_from_info(
+      info, split, expand_hierarchy, pool_size, classes
+  )
 
 
 def chance_precision_at_1(
-    data_dir: str, split: str = 'eval', expand_hierarchy: bool = True
+    data_dir: str,
+    split: str = 'eval',
+    expand_hierarchy: bool = True,
+    classes: Sequence[int] | None = None,
 ) -> float:
-  """precision@1 of an image-blind scorer: the most frequent class's share."""
+  """precision@1 of an image-blind scorer: the most frequent class's share.
+
+  With `classes`, the scorer ranks only those classes (as leaf_metrics'
+  precision@1 does): the share of the most frequent of them.
+  """
   info = data_format.read_info(data_dir)
   if info is None:
     raise ValueError(f'{data_format.info_file_path(data_dir)} does not exist.')
-  counts, num_examples = label_counts_for(info, split, expand_hierarchy)
+  counts, num_examples = label_counts_for(
+      info, split, expand_hierarchy, classes
+  )
   return max(counts) / num_examples if num_examples else 0.0
+
+
+def leaf_class_ids(classes: hierarchy.ClassHierarchy) -> list[int]:
+  """Sorted ids of the classes that are no class's parent."""
+  parents = {p for c in classes.classes for p in c.parents}
+  return [c.id for c in classes.classes if c.id not in parents]
+
+
+@functools.lru_cache(maxsize=8)
+def leaf_classes(data_dir: str) -> tuple[int, ...]:
+  """Leaf class ids of the dataset in `data_dir` (from its class file)."""
+  classes = hierarchy.read_class_file(data_format.class_file_path(data_dir))
+  return tuple(leaf_class_ids(classes))
+
+
+def leaf_metrics(data_dir: str, logits, labels, weight) -> dict[str, float]:
+  """mAP and precision@1 over the leaf classes of a whole eval set.
+
+  Args:
+    data_dir: The evaluated dataset (its class file names the leaves); ''
+      (e.g. synthetic data, no hierarchy) returns {}.
+    logits: [N, C] scores of every eval example.
+    labels: [N, C] multi-hot labels.
+    weight: [N] example weights (0 marks padding).
+
+  Returns:
+    {'map_leaf_dataset', 'precision_at_1_leaf_dataset'}, as
+    metrics.np_class_subset_metrics computes them over the leaf columns.
+  """
+  if not data_dir:
+    return {}
+  leaves = np.asarray(leaf_classes(data_dir))
+  subset = metrics.np_class_subset_metrics(logits, labels, weight, leaves)
+  return {
+      'map_leaf_dataset': subset['map'],
+      'precision_at_1_leaf_dataset': subset['precision_at_1'],
+  }
 
 
 # Subdirectory of the job directory where MultiLabelImageInput writes one
