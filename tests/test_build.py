@@ -20,6 +20,7 @@ _DISTRIBUTIONS = {
     'fiddle': 'fiddle',
     'flax': 'flax',
     'jax': 'jax',
+    'matplotlib': 'matplotlib',
     'numpy': 'numpy',
     'optax': 'optax',
     'orbax': 'orbax-checkpoint',

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -11,8 +12,11 @@ from absl import app
 from absl import flags
 from absl.testing import absltest
 from fiddle._src.absl_flags import legacy_flags as fdl_legacy_flags
+import numpy as np
 import tensorflow as tf
 
+from vit22b_pax.input import data_format
+from vit22b_pax.input import hierarchy
 from vit22b_pax.tools import summarize
 from vit22b_pax.tools import train_summary
 
@@ -135,9 +139,105 @@ class TrainSummaryTest(absltest.TestCase):
     self.assertEqual(summary['eval_step'], 15)
     self.assertEqual(summary['examples_per_sec'], 200.0)
     self.assertIsNone(summary['chance_map'])
+    self.assertIsNone(summary['eval_map_leaf'])  # Not in the summaries.
     self.assertEqual(summary['bad_records'], 5)
+    text = train_summary.format_summary(summary).splitlines()
+    self.assertRegex(text[2], r'^eval mAP +0\.5000 +mean AP over all classes')
+    self.assertRegex(text[3], r'^eval mAP, leaves +n/a ')
+
+  def _leaf_run(self):
+    """A job with leaf metrics and a 4-class dataset: root 0 over 1, 2, 3."""
+    job = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, job)
+    self._write(os.path.join(job, 'summaries', 'train'), [
+        ('loss', 10, 2.0), ('loss', 20, 1.0),
+        ('Metrics/map', 10, 0.3), ('Metrics/map', 20, 0.6),
+    ])
+    self._write(os.path.join(job, 'summaries', 'eval_test_eval'), [
+        ('loss', 10, 1.5), ('loss', 20, 1.2),
+        ('Metrics/map_dataset', 10, 0.55), ('Metrics/map_dataset', 20, 0.7),
+        ('Metrics/map_leaf_dataset', 10, 0.25),
+        ('Metrics/map_leaf_dataset', 20, 0.4),
+        ('Metrics/precision_at_1_dataset', 20, 1.0),
+        ('Metrics/precision_at_1_leaf_dataset', 20, 0.35),
+    ])
+    data = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, data)
+    hierarchy.write_class_file(
+        hierarchy.ClassHierarchy([
+            hierarchy.ClassInfo(0, 'root'),
+            hierarchy.ClassInfo(1, 'a', (0,)),
+            hierarchy.ClassInfo(2, 'b', (0,)),
+            hierarchy.ClassInfo(3, 'c', (0,)),
+        ]),
+        data_format.class_file_path(data),
+    )
+    data_format.write_info(data, {'num_classes': 4, 'splits': {'eval': {
+        'num_examples': 4,
+        'label_counts': [0, 2, 1, 1],
+        'expanded_label_counts': [4, 2, 1, 1],
+    }}})
+    return job, data
+
+  def test_leaf_metrics_and_chance_levels(self):
+    job, data = self._leaf_run()
+    summary = train_summary.summarize_run(job, data)
+    self.assertAlmostEqual(summary['eval_map_leaf'], 0.4)
+    self.assertAlmostEqual(summary['eval_precision_at_1_leaf'], 0.35)
+    self.assertEqual(summary['num_classes'], 4)
+    self.assertEqual(summary['num_leaf_classes'], 3)
+    # The root is in all 4 images, leaf 'a' (the commonest) in 2.
+    self.assertAlmostEqual(summary['chance_precision_at_1'], 1.0)
+    self.assertAlmostEqual(summary['chance_precision_at_1_leaf'], 0.5)
+    # E[AP](n, 4) = (n-1)/3 + H_4 (4-n)/12: n = 2 and twice n = 1.
+    h4 = 1 + 1 / 2 + 1 / 3 + 1 / 4
+    ap2, ap1 = 1 / 3 + h4 * 2 / 12, h4 * 3 / 12
+    self.assertAlmostEqual(summary['chance_map_leaf'], (ap2 + 2 * ap1) / 3)
+    self.assertAlmostEqual(summary['chance_map'], (1 + ap2 + 2 * ap1) / 4)
     text = train_summary.format_summary(summary)
-    self.assertIn('eval mAP              0.5000', text)
+    self.assertRegex(
+        text, r'eval mAP, leaves +0\.4000 +\(chance 0\.\d{4}\) +mean AP over'
+        r' 3 leaf classes'
+    )
+
+  def test_plot_shows_the_run(self):
+    job, data = self._leaf_run()
+    scalars = train_summary.read_run(job)
+    summary = train_summary.summarize_run(job, data, scalars=scalars)
+    fig = train_summary.plot_training(*scalars, summary)
+    ax_loss, ax_map = fig.axes
+    lines = {l.get_label(): l for l in ax_loss.lines + ax_map.lines}
+    for label, steps, values in (
+        ('train loss', [10, 20], [2.0, 1.0]),
+        ('eval loss', [10, 20], [1.5, 1.2]),
+        ('train batch mAP, all classes', [10, 20], [0.3, 0.6]),
+        ('eval mAP, all classes', [10, 20], [0.55, 0.7]),
+        ('eval mAP, leaf classes', [10, 20], [0.25, 0.4]),
+    ):
+      np.testing.assert_allclose(lines[label].get_xdata(), steps)
+      np.testing.assert_allclose(lines[label].get_ydata(), values, rtol=1e-6)
+    np.testing.assert_allclose(
+        lines['chance, leaf classes'].get_ydata(),
+        [summary['chance_map_leaf']] * 2,
+    )
+
+  def test_main_writes_summary_and_plot(self):
+    job, data = self._leaf_run()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(['train_summary', f'--job_log_dir={job}', f'--data_dir={data}'])
+    self.addCleanup(flags.FLAGS.unparse_flags)
+    with contextlib.redirect_stdout(io.StringIO()) as out, \
+        contextlib.redirect_stderr(io.StringIO()):
+      train_summary.main(['train_summary'])
+    written = json.loads(
+        pathlib.Path(job, train_summary.SUMMARY_FILE).read_text()
+    )
+    self.assertEqual(
+        written, train_summary.summarize_run(job, data)
+    )
+    self.assertIn('eval mAP, leaves', out.getvalue())
+    png = pathlib.Path(job, train_summary.PLOT_FILE).read_bytes()
+    self.assertEqual(png[:8], b'\x89PNG\r\n\x1a\n')
 
 
 if __name__ == '__main__':

@@ -26,6 +26,8 @@ from absl import app
 from absl import flags
 from fiddle import absl_flags as fdl_flags
 
+from vit22b_pax import tools
+
 _EXP = flags.DEFINE_string(
     'exp',
     None,
@@ -45,13 +47,16 @@ _LIST_KNOBS = flags.DEFINE_bool(
 
 def resolve_experiment(name: str):
   """Returns the experiment class named `name` (full or class name)."""
+  # Imported here: --help stays fast (paxml imports TensorFlow and lingvo).
   from paxml import experiment_registry  # pylint: disable=g-import-not-at-top
-  from vit22b_pax import experiments  # pylint: disable=g-import-not-at-top
   from vit22b_pax import knobs  # pylint: disable=g-import-not-at-top
 
+  with tools.without_registry_lines():
+    from vit22b_pax import experiments  # pylint: disable=g-import-not-at-top
+
+    if '.' in name:
+      __import__(name.rsplit('.', 1)[0])
   if '.' in name:
-    module_name = name.rsplit('.', 1)[0]
-    __import__(module_name)
     cls = experiment_registry.get(name)
   else:
     cls = experiments.registered().get(name)
@@ -166,6 +171,7 @@ def main(argv: Sequence[str]) -> None:
   from vit22b_pax import knobs  # pylint: disable=g-import-not-at-top
 
   exp = resolve_experiment(_EXP.value)()
+
   # The same code path as `paxml.main --fdl_config=... --fdl.KNOB=value`.
   fdl_flags.apply_overrides_to(exp)
   if _LIST_KNOBS.value:
@@ -180,4 +186,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  tools.absl_warnings_only()
   app.run(main, flags_parser=fdl_flags.flags_parser)
