@@ -9,6 +9,8 @@ PYTHON310 ?=
 # Where `make train` puts the embedded dataset and the job directory.
 DATA_DIR ?= data/shapes
 JOB_DIR ?= runs/train_cpu
+# VERBOSE=1: `make train` shows paxml's full log instead of a progress line.
+VERBOSE ?= 0
 
 .PHONY: test train venv lock clean
 
@@ -26,11 +28,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 # The main job: the embedded dataset (made if missing), ViTShapesCPU through
-# the real paxml launcher (re-running resumes from the last checkpoint), then
-# the run's summary, also written to $(JOB_DIR)/summary.json.
+# the real paxml launcher (re-running resumes from the last checkpoint) with
+# one progress line on the terminal and paxml's log in $(JOB_DIR)/train.log
+# (VERBOSE=1: the log on the terminal instead), then the run's summary, also
+# written to $(JOB_DIR)/summary.json and $(JOB_DIR)/training.png.
 train: $(STAMP)
 	$(PY) -m vit22b_pax.tools.make_dataset shapes --out $(DATA_DIR)
-	$(PY) -m paxml.main \
+	$(PY) -m vit22b_pax.tools.train $(if $(filter-out 0,$(VERBOSE)),--verbose) \
 	  --exp=vit22b_pax.experiments.ViTShapesCPU \
 	  --fdl.DATA_DIR="'$(DATA_DIR)'" \
 	  --job_log_dir=$(JOB_DIR) --eval_on_test

@@ -6,13 +6,17 @@ setUpClass does the expensive work once, as subprocesses on one CPU device:
    dataset (1,536 train / 64 eval images at 24 px);
 2. one corrupt record (a valid tf.Example whose image/encoded is not an
    image) is put first in train shard 0;
-3. `python -m paxml.main --fdl_config=...ViTShapesCPU` trains the tiny
-   preset on it for 8 steps, evaluating on the eval split (--eval_on_test);
-4. `python -m vit22b_pax.tools.train_summary` writes summary.json.
+3. `python -m vit22b_pax.tools.train --fdl_config=...ViTShapesCPU` (what
+   `make train` runs) trains the tiny preset on it for 8 steps through
+   paxml.main, evaluating on the eval split (--eval_on_test), with a
+   progress line per logged loss on stdout and paxml's log in train.log;
+4. `python -m vit22b_pax.tools.train_summary` writes summary.json and
+   training.png.
 
-The tests check the summary (step count, losses, eval mAP, the chance
-level, and exactly one bad record), the checkpoints and the TensorBoard
-files.
+The tests check the summary (step count, losses, eval mAPs over all and
+leaf classes, the chance levels, and exactly one bad record), the progress
+lines against the summaries, the log file, the checkpoints and the
+TensorBoard files.
 
 Why 1,536 train images: the training input counts a bad record each time a
 pass over the split reads it, and its 1,000-example shuffle buffer reads
@@ -24,6 +28,7 @@ error, asserted below), so the exact expected count is 1.
 
 import json
 import pathlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -34,14 +39,19 @@ import tensorflow as tf
 import subprocess_runner
 from vit22b_pax.input import data_format
 from vit22b_pax.input import stats
+from vit22b_pax.tools import train
+from vit22b_pax.tools import train_summary
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _STEPS = 8
 _NUM_TRAIN = 1536
 _NUM_EVAL = 64
 _SUMMARY_KEYS = (
-    'steps', 'train_loss_first', 'train_loss_last', 'eval_precision_at_1',
-    'eval_map', 'chance_map', 'examples_per_sec', 'bad_records',
+    'steps', 'train_loss_first', 'train_loss_last', 'eval_step', 'eval_map',
+    'chance_map', 'eval_precision_at_1', 'chance_precision_at_1',
+    'eval_map_leaf', 'chance_map_leaf', 'eval_precision_at_1_leaf',
+    'chance_precision_at_1_leaf', 'num_classes', 'num_leaf_classes',
+    'examples_per_sec', 'bad_records',
 )
 # What ignore_errors logs (WARNING) for each record it skips.
 _SKIP_LOG = 'Error raised with error message'
@@ -86,7 +96,7 @@ class TrainEndToEndTest(absltest.TestCase):
         str(cls.data / data_format.shard_name('train', 0, 2))
     )
     cls.train = _run(
-        'paxml.main',
+        'vit22b_pax.tools.train',
         '--fdl_config=vit22b_pax.experiments.ViTShapesCPU',
         f"--fdl.DATA_DIR='{cls.data}'",
         "--fdl.MODEL_SIZE='tiny'",
@@ -106,6 +116,7 @@ class TrainEndToEndTest(absltest.TestCase):
     )
     if cls.train.returncode != 0:
       return
+    cls.log = (cls.job / train.LOG_FILE).read_text()
     cls.summary_proc = _run(
         'vit22b_pax.tools.train_summary', f'--job_log_dir={cls.job}',
         f'--data_dir={cls.data}',
@@ -140,24 +151,64 @@ class TrainEndToEndTest(absltest.TestCase):
 
   def test_eval_metrics_and_chance_level(self):
     summary = self._summary()
-    self.assertIsInstance(summary['eval_map'], float)
-    self.assertGreater(summary['eval_map'], 0.0)
-    self.assertLessEqual(summary['eval_map'], 1.0)
-    self.assertBetween(summary['eval_precision_at_1'], 0.0, 1.0)
+    for key in ('eval_map', 'eval_map_leaf'):
+      self.assertIsInstance(summary[key], float)
+      self.assertGreater(summary[key], 0.0)
+      self.assertLessEqual(summary[key], 1.0)
+    for key in ('eval_precision_at_1', 'eval_precision_at_1_leaf'):
+      self.assertBetween(summary[key], 0.0, 1.0)
     # Over the whole eval split, hierarchy expanded (what the run reports).
     self.assertAlmostEqual(
         summary['chance_map'], stats.chance_map(str(self.data), 'eval'),
         places=12,
     )
+    # The shapes hierarchy: 60 classes, the 42 coloured shapes are leaves.
+    self.assertEqual(summary['num_classes'], 60)
+    self.assertEqual(summary['num_leaf_classes'], 42)
+    self.assertAlmostEqual(
+        summary['chance_map_leaf'],
+        stats.chance_map(str(self.data), 'eval',
+                         classes=stats.leaf_classes(str(self.data))),
+        places=12,
+    )
+    self.assertLess(summary['chance_map_leaf'], summary['chance_map'])
+    self.assertTrue((self.job / train_summary.PLOT_FILE).exists())
+
+  def test_progress_lines_match_the_summaries(self):
+    self._assert_ok(self.train)
+    # Not a terminal: one line per logged loss or eval, then the end line.
+    lines = self.train.stdout.splitlines()
+    self.assertEqual(lines[0], train.Progress().line(0.0))
+    self.assertRegex(
+        lines[-1], r'^paxml\.main finished in \w+\. Log: '
+        + re.escape(str(self.job / train.LOG_FILE)) + '$')
+    scalars, evals = train_summary.read_run(self.job)
+    losses = {s: v for s, _, v in scalars['loss']}
+    self.assertEqual(sorted(losses), [4, 8])  # SUMMARY_INTERVAL_STEPS=4.
+    for step, loss in losses.items():
+      self.assertTrue(
+          any(l.startswith(f'step {step}/{_STEPS} ') and
+              f'| loss {loss:.4f} |' in l for l in lines),
+          (step, loss, lines))
+    eval_map = evals['Metrics/map_dataset'][-1][2]
+    eval_leaf = evals['Metrics/map_leaf_dataset'][-1][2]
+    self.assertIn(
+        f'| eval mAP {eval_map:.3f}, leaves {eval_leaf:.3f} @{_STEPS}',
+        lines[-2])
+    # paxml's log went to the file, not to the terminal.
+    self.assertEqual(self.train.stderr, '')
+    self.assertIn('[PAX STATUS]', self.log)
+    self.assertNotIn('[PAX STATUS]', self.train.stdout)
 
   def test_the_corrupt_record_is_skipped_and_counted_once(self):
     summary = self._summary()
-    # The pipeline read the corrupt record exactly once ...
+    # The pipeline read the corrupt record exactly once (paxml's log is in
+    # the job directory's train.log) ...
     self.assertEqual(
-        self.train.stderr.count(_SKIP_LOG), 1,
-        [l for l in self.train.stderr.splitlines() if _SKIP_LOG in l],
+        self.log.count(_SKIP_LOG), 1,
+        [l for l in self.log.splitlines() if _SKIP_LOG in l],
     )
-    self.assertIn('Unknown image file format', self.train.stderr)
+    self.assertIn('Unknown image file format', self.log)
     # ... so the training input counted one and the eval input none.
     self.assertEqual(
         stats.read_input_stats(str(self.job)), {'train': 1, 'eval': 0}
