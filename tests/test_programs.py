@@ -61,6 +61,7 @@ class DatasetMetricsEvalProgramTest(absltest.TestCase):
     fake = (2, [0.0], {}, metrics, batches, {})
     program = object.__new__(programs.DatasetMetricsEvalProgram)
     program._name = 'eval'
+    program._input_p = None  # No data_dir: no leaf-class metrics.
     base = pax_programs.SingleTaskEvalProgram
     original = base._run_eval_loop
     base._run_eval_loop = lambda self, state: fake

@@ -128,7 +128,7 @@ class DatasetMetricsEvalProgram(programs.SingleTaskEvalProgram):
     out.metrics['map_dataset'].append((np.float32(map_all), count))
     out.metrics['precision_at_1_dataset'].append((np.float32(p1_all), count))
     # Over the leaf classes too: roots are in most images (see stats.py).
-    data_dir = getattr(self.eval_input, 'data_dir', '')
+    data_dir = getattr(self._input_p, 'data_dir', '')  # '': no hierarchy.
     leaf = stats.leaf_metrics(data_dir, logits, labels, weight)
     for key, value in leaf.items():
       out.metrics[key].append((np.float32(value), count))

@@ -96,8 +96,10 @@ class Progress:
   last: tuple[int, float] | None = None
   losses: list[tuple[int, float]] = dataclasses.field(default_factory=list)
   # Thread and step of an eval whose status line is still to come.
-  _eval_thread: tuple[str, int] | None = None
-  _examples_seen: bool = False
+  _eval_thread: tuple[str, int] | None = dataclasses.field(
+      default=None, repr=False
+  )
+  _examples_seen: bool = dataclasses.field(default=False, repr=False)
 
   def feed(self, line: str, now: float) -> str | None:
     """Reads one log line; returns 'loss' or 'eval' when one was logged."""
