@@ -6,7 +6,7 @@ setUpClass does the expensive work once, as subprocesses on one CPU device:
    dataset (1,536 train / 64 eval images at 24 px);
 2. one corrupt record (a valid tf.Example whose image/encoded is not an
    image) is put first in train shard 0;
-3. `python -m vit22b_pax.tools.train --fdl_config=...ViTShapesCPU` (what
+3. `python -m vit22b_pax.tools.train --exp=...ViTShapesCPU` (what
    `make train` runs) trains the tiny preset on it for 8 steps through
    paxml.main, evaluating on the eval split (--eval_on_test), with a
    progress line per logged loss on stdout and paxml's log in train.log;
@@ -97,7 +97,7 @@ class TrainEndToEndTest(absltest.TestCase):
     )
     cls.train = _run(
         'vit22b_pax.tools.train',
-        '--fdl_config=vit22b_pax.experiments.ViTShapesCPU',
+        '--exp=vit22b_pax.experiments.ViTShapesCPU',
         f"--fdl.DATA_DIR='{cls.data}'",
         "--fdl.MODEL_SIZE='tiny'",
         '--fdl.PATCH_SIZE=4',  # tiny: 16 px / 4 = 16 tokens.

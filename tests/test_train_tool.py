@@ -117,7 +117,7 @@ class LauncherTest(absltest.TestCase):
   def test_failure_forwards_the_status_and_shows_the_log_tail(self):
     proc = subprocess_runner.run_module(
         'vit22b_pax.tools.train', f'--job_log_dir={self.job}',
-        '--fdl_config=vit22b_pax.experiments.ViTSmoke',
+        '--exp=vit22b_pax.experiments.ViTSmoke',
         '--fdl.NUM_TRAIN_STEP=3',  # Misspelled: paxml.main exits 1.
     )
     self.assertEqual(proc.returncode, 1, proc.stderr[-3000:])
@@ -144,7 +144,7 @@ class LauncherTest(absltest.TestCase):
     tool = subprocess.Popen(
         [sys.executable, '-m', 'vit22b_pax.tools.train',
          f'--job_log_dir={self.job}',
-         '--fdl_config=vit22b_pax.experiments.ViTSmoke',
+         '--exp=vit22b_pax.experiments.ViTSmoke',
          '--fdl.NUM_TRAIN_STEPS=100000'],
         cwd=subprocess_runner.ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)

@@ -3,7 +3,7 @@ r"""Runs paxml.main with one live progress line; its full log goes to a file.
   python -m vit22b_pax.tools.train --job_log_dir=runs/train_cpu \
       [--verbose] [--log_file=PATH] PAXML_FLAGS...
 
-e.g. PAXML_FLAGS = --fdl_config=vit22b_pax.experiments.ViTShapesCPU
+e.g. PAXML_FLAGS = --exp=vit22b_pax.experiments.ViTShapesCPU
 --fdl.DATA_DIR="'data/shapes'" --eval_on_test. Every flag but --verbose and
 --log_file goes to `python -m paxml.main` unchanged (--job_log_dir too;
 `python -m paxml.main --helpfull` lists them).
