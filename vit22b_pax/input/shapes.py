@@ -23,6 +23,25 @@ split, i). The default size (8192 train, 1024 eval at 48 px) takes about
 
   python -m vit22b_pax.tools.make_dataset shapes --out data/shapes
 
+The few-shot variant (`--variant fewshot`) measures transfer: single-label
+images whose 49 classes the pre-training labels never name. Every image
+holds exactly two shapes, one in a warm colour (red, orange, yellow) and
+one in a cool colour (green, blue, purple); its class is the pair (kind of
+the warm shape, kind of the cool shape), e.g. "warm star + cool ring".
+The colour within each group, positions, sizes, rotations, drawing order
+and background are random. A feature that knows which coloured shapes an
+image holds (what pre-training teaches: "red star", "blue ring") makes the
+class a linear function of it, but a probe must still learn the pairing:
+no pre-training label is a pair, and neither shape kinds alone (the pair
+is ordered by colour) nor colours alone (always one warm and one cool)
+tell the classes apart. Class i holds images i, i + 49, ... of a split
+(balanced); the default is 48 train and 16 eval images per class
+(2,352 + 784, ~5 s), drawn from random streams disjoint from the
+pre-training images':
+
+  python -m vit22b_pax.tools.make_dataset shapes --variant fewshot \
+      --out data/shapes_fewshot
+
 """
 
 from __future__ import annotations
@@ -69,6 +88,15 @@ DEFAULT_EVAL_SHARDS = 2
 DEFAULT_SEED = 0
 TRAIN_SPLIT = 'train'
 EVAL_SPLIT = 'eval'
+
+MULTILABEL = 'multilabel'  # The pre-training dataset.
+FEWSHOT = 'fewshot'  # The single-label transfer dataset.
+VARIANTS = (MULTILABEL, FEWSHOT)
+# 48 train images per class (25 shots leave room for seeds to differ) and
+# 16 eval images per class: 49 classes, ~5 s on 2 cores.
+DEFAULT_FEWSHOT_NUM_TRAIN = 49 * 48
+DEFAULT_FEWSHOT_NUM_EVAL = 49 * 16
+_FEWSHOT_STREAM = 7  # Separates the variant's random streams.
 
 _NUM_OBJECTS_P = (0.35, 0.4, 0.25)  # P(1, 2, 3 shapes)
 _SUPERSAMPLE = 4  # Shapes are drawn at 4x and downsampled (antialiasing).
@@ -149,27 +177,25 @@ def _place_objects(rng: np.random.Generator, size: int, count: int):
   return placed
 
 
-def sample_image(
-    rng: np.random.Generator, size: int
-) -> tuple[np.ndarray, list[tuple[str, str]]]:
-  """One image and its (colour, shape) objects.
+def _render(rng: np.random.Generator, size: int, placements, pick):
+  """Draws one shape per placement on a background.
 
   Args:
-    rng: The image's random generator.
+    rng: The image's random generator (colour jitter, rotation, background).
     size: Image side length in pixels.
+    placements: (cx, cy, r) triples, in drawing order.
+    pick: pick(i) -> (colour, shape) of the i-th placement; called just
+      before that shape is drawn (it may draw from rng).
 
   Returns:
     (uint8 [size, size, 3], [(colour, shape), ...]) in drawing order.
   """
-  count = int(rng.choice(len(_NUM_OBJECTS_P), p=_NUM_OBJECTS_P)) + 1
   big = size * _SUPERSAMPLE
   layer = Image.new('RGBA', (big, big), (0, 0, 0, 0))
   draw = ImageDraw.Draw(layer)
   objects = []
-  colour_names = list(COLOURS)
-  for cx, cy, r in _place_objects(rng, size, count):
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    colour = colour_names[int(rng.integers(len(colour_names)))]
+  for i, (cx, cy, r) in enumerate(placements):
+    colour, shape = pick(i)
     rgb = np.clip(
         np.array(COLOURS[colour]) + rng.integers(
             -_COLOUR_JITTER, _COLOUR_JITTER + 1, size=3), 0, 255)
@@ -193,6 +219,29 @@ def sample_image(
   alpha = shapes_layer[..., 3:] / 255.0
   image = _background(rng, size) * (1 - alpha) + shapes_layer[..., :3] * alpha
   return np.clip(np.round(image), 0, 255).astype(np.uint8), objects
+
+
+def sample_image(
+    rng: np.random.Generator, size: int
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+  """One image of the multi-label dataset and its (colour, shape) objects.
+
+  Args:
+    rng: The image's random generator.
+    size: Image side length in pixels.
+
+  Returns:
+    (uint8 [size, size, 3], [(colour, shape), ...]) in drawing order.
+  """
+  count = int(rng.choice(len(_NUM_OBJECTS_P), p=_NUM_OBJECTS_P)) + 1
+  colour_names = list(COLOURS)
+
+  def pick(_):
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    colour = colour_names[int(rng.integers(len(colour_names)))]
+    return colour, shape
+
+  return _render(rng, size, _place_objects(rng, size, count), pick)
 
 
 def encode(image: np.ndarray, image_format: str = 'png') -> bytes:
@@ -221,20 +270,96 @@ def example(
   return encode(image, image_format), labels, f'{split}-{index:06d}'
 
 
+def fewshot_class_name(warm_shape: str, cool_shape: str) -> str:
+  return f'warm {warm_shape} + cool {cool_shape}'
+
+
+def fewshot_classes() -> hierarchy.ClassHierarchy:
+  """The 49 flat classes of the few-shot variant, id = 7 * warm + cool."""
+  names = [fewshot_class_name(a, b) for a in SHAPES for b in SHAPES]
+  return hierarchy.ClassHierarchy.from_named_edges(
+      names, [], source='shapes.fewshot_classes()'
+  )
+
+
+def sample_fewshot_image(
+    rng: np.random.Generator, size: int, warm_shape: str, cool_shape: str
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+  """One image of the few-shot variant: a warm and a cool shape.
+
+  Args:
+    rng: The image's random generator.
+    size: Image side length in pixels.
+    warm_shape: Kind of the shape drawn in a warm colour.
+    cool_shape: Kind of the shape drawn in a cool colour.
+
+  Returns:
+    (uint8 [size, size, 3], [(colour, shape), ...]) in drawing order (which
+    of the two is drawn last, on top, is random).
+  """
+  placements = []
+  while len(placements) < 2:  # Two always fit; a retry is rare.
+    placements = _place_objects(rng, size, 2)
+  warm = COLOUR_GROUPS['warm colour']
+  cool = COLOUR_GROUPS['cool colour']
+  objects = [(warm[int(rng.integers(len(warm)))], warm_shape),
+             (cool[int(rng.integers(len(cool)))], cool_shape)]
+  order = rng.permutation(2)
+  return _render(rng, size, placements, lambda i: objects[order[i]])
+
+
+def fewshot_example(
+    seed: int, split: str, index: int, size: int, image_format: str = 'png',
+) -> tuple[bytes, list[int], str]:
+  """(encoded image, [class id], image id) of few-shot image `index`.
+
+  Image i shows class i mod 49, so every class has floor or ceil of
+  num / 49 images. Its random stream is disjoint from the multi-label
+  dataset's (the extra `_FEWSHOT_STREAM` entry), so no image repeats a
+  pre-training image.
+  """
+  label = index % len(SHAPES)**2
+  warm_shape = SHAPES[label // len(SHAPES)]
+  cool_shape = SHAPES[label % len(SHAPES)]
+  rng = np.random.default_rng(
+      [seed, _FEWSHOT_STREAM, _split_seed(split), index])
+  image, _ = sample_fewshot_image(rng, size, warm_shape, cool_shape)
+  return encode(image, image_format), [label], f'{split}-{index:06d}'
+
+
+def default_num_examples(variant: str = MULTILABEL) -> tuple[int, int]:
+  """(num_train, num_eval) of a variant's default size."""
+  _check_variant(variant)
+  if variant == FEWSHOT:
+    return DEFAULT_FEWSHOT_NUM_TRAIN, DEFAULT_FEWSHOT_NUM_EVAL
+  return DEFAULT_NUM_TRAIN, DEFAULT_NUM_EVAL
+
+
+def _check_variant(variant: str) -> None:
+  if variant not in VARIANTS:
+    raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}.')
+
+
 def generator_params(
-    num_train: int = DEFAULT_NUM_TRAIN,
-    num_eval: int = DEFAULT_NUM_EVAL,
+    num_train: int | None = None,
+    num_eval: int | None = None,
     image_size: int = DEFAULT_IMAGE_SIZE,
     seed: int = DEFAULT_SEED,
     train_shards: int = DEFAULT_TRAIN_SHARDS,
     eval_shards: int = DEFAULT_EVAL_SHARDS,
     image_format: str = 'png',
+    variant: str = MULTILABEL,
 ) -> dict[str, Any]:
-  """The parameters recorded in dataset_info.json['generator']."""
+  """The parameters recorded in dataset_info.json['generator'].
+
+  None sizes take the variant's defaults (default_num_examples). The
+  variant is recorded as the name: 'shapes' or 'shapes_fewshot'.
+  """
+  default_train, default_eval = default_num_examples(variant)
   return {
-      'name': 'shapes',
-      'num_train': num_train,
-      'num_eval': num_eval,
+      'name': 'shapes' if variant == MULTILABEL else 'shapes_fewshot',
+      'num_train': default_train if num_train is None else num_train,
+      'num_eval': default_eval if num_eval is None else num_eval,
       'image_size': image_size,
       'seed': seed,
       'train_shards': train_shards,
@@ -257,34 +382,64 @@ def is_generated(out_dir: str, params: dict[str, Any]) -> bool:
   return True
 
 
+def chance_accuracy(info: dict[str, Any], split: str) -> float:
+  """Accuracy of always predicting the most frequent class of `split`."""
+  entry = info['splits'][split]
+  return max(entry['label_counts']) / entry['num_examples']
+
+
 def generate(
     out_dir: str,
-    num_train: int = DEFAULT_NUM_TRAIN,
-    num_eval: int = DEFAULT_NUM_EVAL,
+    num_train: int | None = None,
+    num_eval: int | None = None,
     image_size: int = DEFAULT_IMAGE_SIZE,
     seed: int = DEFAULT_SEED,
     train_shards: int = DEFAULT_TRAIN_SHARDS,
     eval_shards: int = DEFAULT_EVAL_SHARDS,
     image_format: str = 'png',
     progress: bool = True,
+    variant: str = MULTILABEL,
 ) -> dict[str, Any]:
-  """Writes the shapes dataset to out_dir; returns its dataset info."""
-  classes = shape_classes()
+  """Writes the shapes dataset (or its few-shot variant); returns its info.
+
+  None sizes take the variant's defaults (default_num_examples).
+  """
   params = generator_params(num_train, num_eval, image_size, seed,
-                            train_shards, eval_shards, image_format)
-  for split, num, shards in ((TRAIN_SPLIT, num_train, train_shards),
-                             (EVAL_SPLIT, num_eval, eval_shards)):
+                            train_shards, eval_shards, image_format, variant)
+  if variant == FEWSHOT:
+    classes = fewshot_classes()
+    if min(params['num_train'], params['num_eval']) < classes.num_classes:
+      raise ValueError(
+          f'The few-shot variant needs at least {classes.num_classes} train'
+          f' and eval images (one per class); got num_train='
+          f'{params["num_train"]}, num_eval={params["num_eval"]}.'
+      )
+
+    def make(split, i):
+      return fewshot_example(seed, split, i, image_size, image_format)
+  else:
+    classes = shape_classes()
+
+    def make(split, i):
+      return example(seed, split, i, image_size, classes, image_format)
+
+  for split, num, shards in (
+      (TRAIN_SPLIT, params['num_train'], train_shards),
+      (EVAL_SPLIT, params['num_eval'], eval_shards)):
     with writer.SplitWriter(out_dir, split, shards, classes,
-                            dataset_name='shapes') as w:
+                            dataset_name=params['name']) as w:
       for i in _progress(range(num), split, progress):
-        w.write(*example(seed, split, i, image_size, classes, image_format))
+        w.write(*make(split, i))
       w.finish({'source': 'vit22b_pax.input.shapes'})
   info = data_format.read_info(out_dir)
   info['generator'] = params
-  info['chance_map'] = {
-      split: stats.chance_map_from_info(info, split)
-      for split in (TRAIN_SPLIT, EVAL_SPLIT)
-  }
+  splits = (TRAIN_SPLIT, EVAL_SPLIT)
+  if variant == FEWSHOT:
+    info['chance_accuracy'] = {s: chance_accuracy(info, s) for s in splits}
+  else:
+    info['chance_map'] = {
+        s: stats.chance_map_from_info(info, s) for s in splits
+    }
   data_format.write_info(out_dir, info)
   return info
 

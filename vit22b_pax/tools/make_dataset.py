@@ -1,6 +1,8 @@
 r"""Makes a dataset directory in the vit22b_pax format (data/README.md).
 
   python -m vit22b_pax.tools.make_dataset shapes --out data/shapes
+  python -m vit22b_pax.tools.make_dataset shapes --variant fewshot \
+      --out data/shapes_fewshot
   python -m vit22b_pax.tools.make_dataset from-csv --images_dir imgs \
       --labels_csv labels.csv --hierarchy_csv hierarchy.csv --out mydata \
       --split train
@@ -37,9 +39,16 @@ def _parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest='command', required=True)
 
   p = sub.add_parser('shapes', help='generate the embedded shapes dataset')
-  p.add_argument('--out', default='data/shapes')
-  p.add_argument('--num_train', type=int, default=shapes.DEFAULT_NUM_TRAIN)
-  p.add_argument('--num_eval', type=int, default=shapes.DEFAULT_NUM_EVAL)
+  p.add_argument('--variant', choices=shapes.VARIANTS,
+                 default=shapes.MULTILABEL,
+                 help='multilabel: the pre-training dataset; fewshot: the '
+                 'single-label transfer dataset (see data/README.md)')
+  p.add_argument('--out', default=None,
+                 help='default: data/shapes (data/shapes_fewshot)')
+  p.add_argument('--num_train', type=int, default=None,
+                 help='default: 8192 (fewshot: 2352)')
+  p.add_argument('--num_eval', type=int, default=None,
+                 help='default: 1024 (fewshot: 784)')
   p.add_argument('--image_size', type=int,
                  default=shapes.DEFAULT_IMAGE_SIZE)
   p.add_argument('--seed', type=int, default=shapes.DEFAULT_SEED)
@@ -91,20 +100,28 @@ def _report(out: str, split: str, result: converters.ConversionResult):
 
 def run(args: argparse.Namespace) -> None:
   if args.command == 'shapes':
+    fewshot = args.variant == shapes.FEWSHOT
+    if args.out is None:
+      args.out = 'data/shapes_fewshot' if fewshot else 'data/shapes'
     params = shapes.generator_params(
         args.num_train, args.num_eval, args.image_size, args.seed,
-        args.train_shards, args.eval_shards, args.format)
+        args.train_shards, args.eval_shards, args.format, args.variant)
     if not args.overwrite and shapes.is_generated(args.out, params):
       print(f'{args.out} already holds this shapes dataset (use --overwrite'
             ' to regenerate).')
     else:
-      shapes.generate(args.out, progress=True, **{
+      shapes.generate(args.out, progress=True, variant=args.variant, **{
           k: v for k, v in params.items() if k != 'name'})
     info = data_format.read_info(args.out)
     for split in (shapes.TRAIN_SPLIT, shapes.EVAL_SPLIT):
       print(f'{split}: {info["splits"][split]["num_examples"]} examples')
-    print(f'classes: {info["num_classes"]}; chance mAP (eval, hierarchy'
-          f' expanded): {stats.chance_map(args.out):.4f}')
+    if fewshot:
+      print(f'classes: {info["num_classes"]} (one label per image); chance'
+            ' accuracy (eval, most frequent class):'
+            f' {shapes.chance_accuracy(info, shapes.EVAL_SPLIT):.4f}')
+    else:
+      print(f'classes: {info["num_classes"]}; chance mAP (eval, hierarchy'
+            f' expanded): {stats.chance_map(args.out):.4f}')
   elif args.command == 'from-csv':
     result = converters.from_csv(
         args.images_dir, args.labels_csv, args.hierarchy_csv, args.out,
