@@ -36,7 +36,7 @@ _TRAIN_OVERRIDES = _OVERRIDES + (
 )
 _SHOTS = (1, 2)
 _SEEDS = 2
-_NUM_CLASSES = 49
+_NUM_CLASSES = 30
 
 
 def _experiment(*extra):
@@ -101,7 +101,7 @@ class FewShotToolTest(absltest.TestCase):
     for k, result in record['results'].items():
       self.assertLen(result['accuracies'], _SEEDS)
       for acc in result['accuracies']:
-        # A multiple of 1/49 (49 test images).
+        # A multiple of 1/30 (30 test images).
         self.assertBetween(acc, 0.0, 1.0)
         self.assertAlmostEqual(acc * _NUM_CLASSES,
                                round(acc * _NUM_CLASSES), 9)

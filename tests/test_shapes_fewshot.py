@@ -16,7 +16,7 @@ from vit22b_pax.input import hierarchy
 from vit22b_pax.input import shapes
 from vit22b_pax.tools import make_dataset
 
-_NUM_CLASSES = 49
+_NUM_CLASSES = 30
 # 2 train and 1 eval image per class, plus a partial round (uneven counts).
 SMALL = dict(num_train=2 * _NUM_CLASSES + 5, num_eval=_NUM_CLASSES,
              image_size=48, train_shards=2, eval_shards=1,
@@ -61,17 +61,22 @@ class FewShotVariantTest(absltest.TestCase):
     cls._tmp.cleanup()
     super().tearDownClass()
 
-  def test_classes_are_flat_warm_cool_pairs(self):
+  def test_classes_are_flat_colour_pairs(self):
     classes = hierarchy.read_class_file(
         data_format.class_file_path(self.dir))
     self.assertEqual(classes.num_classes, _NUM_CLASSES)
-    want = [f'warm {a} + cool {b}'
-            for a, b in itertools.product(shapes.SHAPES, repeat=2)]
+    colours = list(shapes.COLOURS)
+    want = [f'{a} round + {b} angular'
+            for a, b in itertools.permutations(colours, 2)]
     self.assertEqual(classes.names, want)
     # No hierarchy: no pre-training label (shape, colour, group) is a class.
     for c in classes.classes:
       self.assertEqual(c.parents, ())
     self.assertEmpty(set(classes.names) & set(shapes.shape_classes().names))
+    self.assertEqual(
+        sorted(shapes.ROUND_SHAPES + shapes.ANGULAR_SHAPES),
+        sorted(shapes.SHAPES))
+    self.assertEqual(shapes.ROUND_SHAPES, ('circle', 'ring'))
 
   def test_one_label_per_image_balanced_and_counted(self):
     for split, num in (('train', SMALL['num_train']),
@@ -80,7 +85,7 @@ class FewShotVariantTest(absltest.TestCase):
       self.assertLen(recs, num)
       for r in recs:
         self.assertLen(r['labels'], 1, r['id'])
-        # Image i shows class i mod 49.
+        # Image i shows class i mod 30.
         index = int(r['id'].split('-')[1])
         self.assertEqual(r['labels'][0], index % _NUM_CLASSES, r['id'])
       counts = np.bincount([r['labels'][0] for r in recs],
@@ -94,32 +99,40 @@ class FewShotVariantTest(absltest.TestCase):
     self.assertEqual(self.info['generator']['name'], 'shapes_fewshot')
     self.assertNotIn('chance_map', self.info)
 
-  def test_every_image_shows_one_warm_and_one_cool_shape(self):
-    warm = set(shapes.COLOUR_GROUPS['warm colour'])
-    cool = set(shapes.COLOUR_GROUPS['cool colour'])
+  def test_every_image_shows_exactly_its_two_colours(self):
+    pairs = list(itertools.permutations(shapes.COLOURS, 2))
     for r in _records(self.dir, 'train') + _records(self.dir, 'eval'):
       image = np.asarray(Image.open(io.BytesIO(r['image'])).convert('RGB'))
       self.assertEqual(image.shape, (48, 48, 3))
-      present = _colours_present(image)
-      self.assertLen(present & warm, 1, (r['id'], present))
-      self.assertLen(present & cool, 1, (r['id'], present))
+      self.assertEqual(_colours_present(image), set(pairs[r['labels'][0]]),
+                       r['id'])
 
-  def test_shape_kinds_follow_the_class(self):
-    # The generator draws the class's kinds; recompute them per image from
-    # the sampler with the image's own stream.
-    for index in range(_NUM_CLASSES):
+  def test_round_and_angular_shapes_carry_the_class_colours(self):
+    # Pixels cannot tell which shape has which colour; the sampler's
+    # objects, from the image's own random stream, can.
+    pairs = list(itertools.permutations(shapes.COLOURS, 2))
+    kinds = set()
+    for index in range(2 * _NUM_CLASSES):
       rng = np.random.default_rng([5, shapes._FEWSHOT_STREAM, 0, index])
-      warm_shape = shapes.SHAPES[index // 7]
-      cool_shape = shapes.SHAPES[index % 7]
-      image, objects = shapes.sample_fewshot_image(rng, 48, warm_shape,
-                                                   cool_shape)
-      kinds = {('warm' if c in shapes.COLOUR_GROUPS['warm colour']
-                else 'cool'): s for c, s in objects}
-      self.assertEqual(kinds, {'warm': warm_shape, 'cool': cool_shape})
+      image, objects = shapes.sample_fewshot_image(
+          rng, 48, *pairs[index % _NUM_CLASSES])
+      round_colour, angular_colour = pairs[index % _NUM_CLASSES]
+      self.assertLen(objects, 2)
+      for colour, kind in objects:
+        if kind in ('circle', 'ring'):
+          self.assertEqual(colour, round_colour)
+        else:
+          self.assertIn(kind, ('square', 'triangle', 'diamond', 'star',
+                               'cross'))
+          self.assertEqual(colour, angular_colour)
+        kinds.add(kind)
+      self.assertNotEqual(objects[0][1] in ('circle', 'ring'),
+                          objects[1][1] in ('circle', 'ring'))
       stored, labels, _ = shapes.fewshot_example(5, 'train', index, 48)
-      self.assertEqual(labels, [index])
+      self.assertEqual(labels, [index % _NUM_CLASSES])
       np.testing.assert_array_equal(
           np.asarray(Image.open(io.BytesIO(stored)).convert('RGB')), image)
+    self.assertEqual(kinds, set(shapes.SHAPES))  # Every kind is drawn.
 
   def test_deterministic_and_seeded(self):
     again = os.path.join(self._tmp.name, 'again')
@@ -136,26 +149,26 @@ class FewShotVariantTest(absltest.TestCase):
 
   def test_too_few_images_for_one_per_class(self):
     args = dict(SMALL, num_eval=_NUM_CLASSES - 1)
-    with self.assertRaisesRegex(ValueError, 'at least 49 train and eval'):
+    with self.assertRaisesRegex(ValueError, 'at least 30 train and eval'):
       shapes.generate(os.path.join(self._tmp.name, 'few'), progress=False,
                       **args)
 
   def test_cli_variant_generates_once_with_its_defaults_and_chance(self):
     out = os.path.join(self._tmp.name, 'cli')
     argv = ['shapes', '--variant', 'fewshot', '--out', out,
-            '--num_train', '49', '--num_eval', '49', '--train_shards', '1',
+            '--num_train', '30', '--num_eval', '30', '--train_shards', '1',
             '--eval_shards', '1', '--image_size', '16']
     for expect in ('', 'already holds this shapes dataset'):
       buf, err = io.StringIO(), io.StringIO()
       with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
         self.assertEqual(make_dataset.main(argv), 0)
       self.assertIn(expect, buf.getvalue())
-      self.assertIn('classes: 49 (one label per image); chance accuracy'
-                    ' (eval, most frequent class): 0.0204', buf.getvalue())
-    classes = data_format.validate_data_dir(out, 49, ('train', 'eval'))
-    self.assertEqual(classes.names[8], 'warm ring + cool ring')
+      self.assertIn('classes: 30 (one label per image); chance accuracy'
+                    ' (eval, most frequent class): 0.0333', buf.getvalue())
+    classes = data_format.validate_data_dir(out, 30, ('train', 'eval'))
+    self.assertEqual(classes.names[5], 'orange round + red angular')
     self.assertEqual(shapes.default_num_examples(shapes.FEWSHOT),
-                     (49 * 48, 49 * 16))
+                     (30 * 48, 30 * 16))
 
 
 if __name__ == '__main__':

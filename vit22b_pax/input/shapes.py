@@ -24,20 +24,20 @@ split, i). The default size (8192 train, 1024 eval at 48 px) takes about
   python -m vit22b_pax.tools.make_dataset shapes --out data/shapes
 
 The few-shot variant (`--variant fewshot`) measures transfer: single-label
-images whose 49 classes the pre-training labels never name. Every image
-holds exactly two shapes, one in a warm colour (red, orange, yellow) and
-one in a cool colour (green, blue, purple); its class is the pair (kind of
-the warm shape, kind of the cool shape), e.g. "warm star + cool ring".
-The colour within each group, positions, sizes, rotations, drawing order
-and background are random. A feature that knows which coloured shapes an
-image holds (what pre-training teaches: "red star", "blue ring") makes the
-class a linear function of it, but a probe must still learn the pairing:
-no pre-training label is a pair, and neither shape kinds alone (the pair
-is ordered by colour) nor colours alone (always one warm and one cool)
-tell the classes apart. Class i holds images i, i + 49, ... of a split
-(balanced); the default is 48 train and 16 eval images per class
-(2,352 + 784, ~5 s), drawn from random streams disjoint from the
-pre-training images':
+images whose 30 classes the pre-training labels never name. Every image
+holds exactly two shapes in two different colours, one round (circle or
+ring) and one angular (square, triangle, diamond, star or cross); its class
+is the pair (colour of the round shape, colour of the angular shape), e.g.
+"red round + blue angular". The kinds within each group, positions, sizes,
+rotations, drawing order and background are random. Knowing which colours
+an image holds narrows the class to two (red round + blue angular, or blue
+round + red angular), so a feature of colours alone reaches at most 50%;
+the rest needs features that bind each colour to its shape, as the
+pre-training leaf labels ("red circle", "blue star") do. No pre-training
+label is such a pair: the probe must learn the combination. Class i holds
+images i, i + 30, ... of a split (balanced); the default is 48 train and 16
+eval images per class (1,440 + 480, a few seconds), drawn from random
+streams disjoint from the pre-training images':
 
   python -m vit22b_pax.tools.make_dataset shapes --variant fewshot \
       --out data/shapes_fewshot
@@ -92,10 +92,13 @@ EVAL_SPLIT = 'eval'
 MULTILABEL = 'multilabel'  # The pre-training dataset.
 FEWSHOT = 'fewshot'  # The single-label transfer dataset.
 VARIANTS = (MULTILABEL, FEWSHOT)
+# The few-shot variant's shape groups: one shape of each per image.
+ROUND_SHAPES = SHAPE_GROUPS['round shape']
+ANGULAR_SHAPES = tuple(s for s in SHAPES if s not in ROUND_SHAPES)
 # 48 train images per class (25 shots leave room for seeds to differ) and
-# 16 eval images per class: 49 classes, ~5 s on 2 cores.
-DEFAULT_FEWSHOT_NUM_TRAIN = 49 * 48
-DEFAULT_FEWSHOT_NUM_EVAL = 49 * 16
+# 16 eval images per class: 30 classes, ~3 s on 2 cores.
+DEFAULT_FEWSHOT_NUM_TRAIN = 30 * 48
+DEFAULT_FEWSHOT_NUM_EVAL = 30 * 16
 _FEWSHOT_STREAM = 7  # Separates the variant's random streams.
 
 _NUM_OBJECTS_P = (0.35, 0.4, 0.25)  # P(1, 2, 3 shapes)
@@ -270,28 +273,34 @@ def example(
   return encode(image, image_format), labels, f'{split}-{index:06d}'
 
 
-def fewshot_class_name(warm_shape: str, cool_shape: str) -> str:
-  return f'warm {warm_shape} + cool {cool_shape}'
+def fewshot_class_name(round_colour: str, angular_colour: str) -> str:
+  return f'{round_colour} round + {angular_colour} angular'
+
+
+def fewshot_colour_pairs() -> list[tuple[str, str]]:
+  """(round colour, angular colour) of each few-shot class, in id order."""
+  return [(a, b) for a in COLOURS for b in COLOURS if a != b]
 
 
 def fewshot_classes() -> hierarchy.ClassHierarchy:
-  """The 49 flat classes of the few-shot variant, id = 7 * warm + cool."""
-  names = [fewshot_class_name(a, b) for a in SHAPES for b in SHAPES]
+  """The 30 flat classes of the few-shot variant."""
+  names = [fewshot_class_name(a, b) for a, b in fewshot_colour_pairs()]
   return hierarchy.ClassHierarchy.from_named_edges(
       names, [], source='shapes.fewshot_classes()'
   )
 
 
 def sample_fewshot_image(
-    rng: np.random.Generator, size: int, warm_shape: str, cool_shape: str
+    rng: np.random.Generator, size: int, round_colour: str,
+    angular_colour: str,
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
-  """One image of the few-shot variant: a warm and a cool shape.
+  """One image of the few-shot variant: a round and an angular shape.
 
   Args:
     rng: The image's random generator.
     size: Image side length in pixels.
-    warm_shape: Kind of the shape drawn in a warm colour.
-    cool_shape: Kind of the shape drawn in a cool colour.
+    round_colour: Colour of the round shape (circle or ring, at random).
+    angular_colour: Colour of the angular shape (one of ANGULAR_SHAPES).
 
   Returns:
     (uint8 [size, size, 3], [(colour, shape), ...]) in drawing order (which
@@ -300,10 +309,11 @@ def sample_fewshot_image(
   placements = []
   while len(placements) < 2:  # Two always fit; a retry is rare.
     placements = _place_objects(rng, size, 2)
-  warm = COLOUR_GROUPS['warm colour']
-  cool = COLOUR_GROUPS['cool colour']
-  objects = [(warm[int(rng.integers(len(warm)))], warm_shape),
-             (cool[int(rng.integers(len(cool)))], cool_shape)]
+  objects = [
+      (round_colour, ROUND_SHAPES[int(rng.integers(len(ROUND_SHAPES)))]),
+      (angular_colour,
+       ANGULAR_SHAPES[int(rng.integers(len(ANGULAR_SHAPES)))]),
+  ]
   order = rng.permutation(2)
   return _render(rng, size, placements, lambda i: objects[order[i]])
 
@@ -313,17 +323,16 @@ def fewshot_example(
 ) -> tuple[bytes, list[int], str]:
   """(encoded image, [class id], image id) of few-shot image `index`.
 
-  Image i shows class i mod 49, so every class has floor or ceil of
-  num / 49 images. Its random stream is disjoint from the multi-label
+  Image i shows class i mod 30, so every class has floor or ceil of
+  num / 30 images. Its random stream is disjoint from the multi-label
   dataset's (the extra `_FEWSHOT_STREAM` entry), so no image repeats a
   pre-training image.
   """
-  label = index % len(SHAPES)**2
-  warm_shape = SHAPES[label // len(SHAPES)]
-  cool_shape = SHAPES[label % len(SHAPES)]
+  pairs = fewshot_colour_pairs()
+  label = index % len(pairs)
   rng = np.random.default_rng(
       [seed, _FEWSHOT_STREAM, _split_seed(split), index])
-  image, _ = sample_fewshot_image(rng, size, warm_shape, cool_shape)
+  image, _ = sample_fewshot_image(rng, size, *pairs[label])
   return encode(image, image_format), [label], f'{split}-{index:06d}'
 
 

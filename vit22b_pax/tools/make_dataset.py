@@ -46,9 +46,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--out', default=None,
                  help='default: data/shapes (data/shapes_fewshot)')
   p.add_argument('--num_train', type=int, default=None,
-                 help='default: 8192 (fewshot: 2352)')
+                 help='default: 8192 (fewshot: 1440)')
   p.add_argument('--num_eval', type=int, default=None,
-                 help='default: 1024 (fewshot: 784)')
+                 help='default: 1024 (fewshot: 480)')
   p.add_argument('--image_size', type=int,
                  default=shapes.DEFAULT_IMAGE_SIZE)
   p.add_argument('--seed', type=int, default=shapes.DEFAULT_SEED)
