@@ -54,8 +54,8 @@ import numpy as np
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_NUM_SEEDS = 3
 DEFAULT_L2 = 2.0**10  # big_vision's fewshot_lsr default.
-# A grid around the default, 2^4 .. 2^16 in steps of 4x.
-DEFAULT_L2_SWEEP = tuple(2.0**k for k in range(4, 17, 2))
+# A grid around the default, 2^0 .. 2^16 in steps of 4x.
+DEFAULT_L2_SWEEP = tuple(2.0**k for k in range(0, 17, 2))
 # Large, so the bias (its weight times this) is almost unregularized.
 BIAS_FEATURE = 100.0
 STD_EPSILON = 1e-5  # Keeps a dimension constant over the shots finite.

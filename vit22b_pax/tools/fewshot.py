@@ -61,7 +61,7 @@ _L2 = flags.DEFINE_float(
 _L2_SWEEP = flags.DEFINE_list(
     'l2_sweep', [],
     "L2 values to pick from by leave-one-out on the shots ('default': "
-    '2^4, 2^6, ..., 2^16); empty: always --l2.')
+    '2^0, 2^2, ..., 2^16); empty: always --l2.')
 _TRAIN_SPLIT = flags.DEFINE_string(
     'train_split', fewshot_features.TRAIN_SPLIT, 'Shot source.')
 _TEST_SPLIT = flags.DEFINE_string(
