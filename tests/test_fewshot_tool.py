@@ -3,10 +3,11 @@
 setUpClass writes a tiny multi-label shapes dataset and a tiny few-shot
 variant (3 train and 1 eval image per class, 24 px), trains the tiny preset
 for 2 steps through `python -m paxml.main` (checkpoints at steps 0 and 2)
-and runs the tool on the job directory with --json, both as subprocesses
-on one CPU device. The tests check the tool's JSON, that it equals the
-same evaluation done here on the restored checkpoint, and the job
-directory's error messages.
+and runs the tool on the job directory with --json and no knob overrides
+(it must take the run's from the job's experiment_knobs.txt), both as
+subprocesses on one CPU device. The tests check the tool's JSON, that it
+equals the same evaluation done here on the restored checkpoint, how the
+job's experiment is rebuilt, and the job directory's error messages.
 """
 
 import json
@@ -24,6 +25,7 @@ from vit22b_pax import experiments
 from vit22b_pax import fewshot
 from vit22b_pax import fewshot_features
 from vit22b_pax import job_checkpoint
+from vit22b_pax import knobs
 from vit22b_pax.input import shapes
 
 _STEPS = 2
@@ -41,7 +43,7 @@ _NUM_CLASSES = 30
 
 def _experiment(*extra):
   exp = experiments.ViTShapesCPU()
-  experiments.apply_overrides(exp, list(_OVERRIDES) + list(extra))
+  knobs.apply_overrides(exp, list(_OVERRIDES) + list(extra))
   return exp
 
 
@@ -70,8 +72,7 @@ class FewShotToolTest(absltest.TestCase):
           'vit22b_pax.tools.fewshot', f'--job_log_dir={cls.job}',
           f'--data_dir={cls.fewshot_data}',
           f'--shots={",".join(map(str, _SHOTS))}', f'--seeds={_SEEDS}',
-          '--batch_size=64', '--json',
-          *(f'--fdl.{o}' for o in _OVERRIDES), timeout=240)
+          '--batch_size=64', '--json', timeout=240)
 
   @classmethod
   def tearDownClass(cls):
@@ -128,6 +129,36 @@ class FewShotToolTest(absltest.TestCase):
         lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
         mdl_vars, initial))
     self.assertGreater(max(diffs), 0.0)
+
+  def test_the_job_experiment_is_the_class_with_the_runs_knobs(self):
+    self._record()
+    job = str(self.job)
+    name, values = job_checkpoint.recorded_knobs(job)
+    self.assertEqual(name, 'vit22b_pax.experiments.ViTShapesCPU')
+    exp = job_checkpoint.job_experiment(job)
+    self.assertIsInstance(exp, experiments.ViTShapesCPU)
+    for override in _TRAIN_OVERRIDES:
+      knob, value = override.split('=')
+      self.assertEqual(getattr(exp, knob), knobs.parse_value(value, knob))
+      self.assertEqual(values[knob], getattr(exp, knob))
+    self.assertEqual(exp.DATA_DIR, str(self.data))
+    job_checkpoint.check_model_config(exp, job)
+    # A job without the knobs file: the class from experiment_cls_vars.txt,
+    # its defaults (the caller applies the run's overrides).
+    old = self.tmp / 'old_job'
+    old.mkdir(exist_ok=True)
+    shutil.copy(self.job / 'experiment_cls_vars.txt', old)
+    exp = job_checkpoint.job_experiment(str(old))
+    self.assertIsInstance(exp, experiments.ViTShapesCPU)
+    self.assertEqual(exp.MODEL_SIZE, experiments.ViTShapesCPU.MODEL_SIZE)
+    (old / knobs.KNOBS_FILE).write_text(
+        '# vit22b_pax.experiments.ViTShapesCPU: effective knob values.\n'
+        'MODEL_SIZE = tiny\n')
+    with self.assertRaisesRegex(
+        job_checkpoint.JobError,
+        r"experiment_knobs\.txt line 2: expected KNOB = <Python literal>,"
+        r" got 'MODEL_SIZE = tiny'"):
+      job_checkpoint.job_experiment(str(old))
 
   def test_job_dir_errors_name_the_path(self):
     self._record()

@@ -1,33 +1,40 @@
 """Model variables of a paxml job directory, for tools that evaluate them.
 
-paxml 1.4.0 writes, under --job_log_dir:
+Under --job_log_dir a training run leaves:
 
-  experiment_cls_vars.txt   the experiment class's variables by owning
-                            class, the experiment itself last (its full
-                            name, e.g. vit22b_pax.experiments.ViTShapesCPU)
-  model_params.txt          the inputs' and the task's configs as text, with
-                            every `--fdl.KNOB=value` override applied
+  experiment_knobs.txt      (written by the experiments' validate(), see
+                            knobs.py) the experiment's full name and every
+                            knob's effective value, overrides included
+  experiment_cls_vars.txt   (paxml) the experiment class's variables by
+                            owning class, the experiment itself last; class
+                            defaults only
+  model_params.txt          (paxml) the inputs' and the task's configs as
+                            text, overrides applied
   checkpoints/checkpoint_XXXXXXXX/   orbax checkpoints (step XXXXXXXX):
                             metadata/ (shapes) and state/ (one tensorstore
                             array per variable, mdl_vars.* and opt_states.*)
 
-Overrides are not in experiment_cls_vars.txt, so the tools rebuild the
-experiment from its class plus the overrides they are given and compare its
-task's `model.*` lines with model_params.txt (`check_model_config`): a knob
-the run overrode and the tool did not fails there, naming the setting,
-rather than in the checkpoint restore (or not at all, for knobs that change
-no shape, such as FPROP_DTYPE). `restore_mdl_vars` reads only the model
-variables (`mdl_vars`, no optimizer state) after checking their shapes
-against the checkpoint's metadata.
+`job_experiment` rebuilds the run's experiment: its class, with the knob
+values recorded in experiment_knobs.txt (a job written before that file
+existed gives the class from experiment_cls_vars.txt and its defaults; the
+caller applies the run's overrides). `check_model_config` then compares its
+task's `model.*` lines with model_params.txt, so a model that differs from
+the run's fails there, naming the setting, rather than in the checkpoint
+restore (or not at all, for knobs that change no shape, such as
+FPROP_DTYPE). `restore_mdl_vars` reads only the model variables (`mdl_vars`,
+no optimizer state) after checking their shapes against the checkpoint's
+metadata.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 from typing import Any
 
+from absl import logging
 import jax
 import numpy as np
 from paxml import checkpoint_metadata
@@ -40,6 +47,8 @@ from praxis import base_hyperparams
 from praxis import base_layer
 from praxis import py_utils
 import tensorflow as tf
+
+from vit22b_pax import knobs
 
 CLS_VARS_FILE = 'experiment_cls_vars.txt'
 MODEL_PARAMS_FILE = 'model_params.txt'
@@ -96,6 +105,61 @@ def experiment_class(name: str) -> type[Any]:
   return cls
 
 
+def recorded_knobs(job_log_dir: str) -> tuple[str, dict[str, Any]] | None:
+  """(experiment name, {knob: value}) of experiment_knobs.txt, if any."""
+  path = os.path.join(job_log_dir, knobs.KNOBS_FILE)
+  text = _read(path)
+  if text is None:
+    return None
+  lines = text.splitlines()
+  m = re.match(r'^# (\S+): ', lines[0]) if lines else None
+  if not m:
+    raise JobError(f'{path} line 1: expected "# <experiment>: ...".')
+  values = {}
+  for number, line in enumerate(lines[1:], start=2):
+    if not line.strip() or line.startswith('#'):
+      continue
+    name, _, text = line.partition(' = ')
+    try:
+      # The trailing "# class default: ..." is a comment to the parser.
+      values[name.strip()] = ast.literal_eval(text)
+    except (SyntaxError, ValueError):
+      raise JobError(
+          f'{path} line {number}: expected KNOB = <Python literal>, got'
+          f' {line!r}.') from None
+  return m.group(1), values
+
+
+def job_experiment(job_log_dir: str, name: str | None = None) -> Any:
+  """The experiment instance of the run in job_log_dir.
+
+  Args:
+    job_log_dir: The paxml job directory.
+    name: The experiment's name; None: the one the job recorded.
+
+  Returns:
+    An instance of the experiment class with the knob values recorded in
+    experiment_knobs.txt applied (when the file exists and names this
+    class); knobs the class no longer has are logged and skipped.
+  """
+  recorded = recorded_knobs(job_log_dir)
+  if name is None:
+    name = recorded[0] if recorded else experiment_name(job_log_dir)
+  cls = experiment_class(name)
+  experiment = cls()
+  if recorded and experiment_class(recorded[0]) is cls:
+    known = set(knobs.knob_names(cls))
+    unknown = sorted(set(recorded[1]) - known)
+    if unknown:
+      logging.warning(
+          '%s: knobs %s are not knobs of %s any more; not applied.',
+          os.path.join(job_log_dir, knobs.KNOBS_FILE), unknown, cls.__name__)
+    for knob, value in recorded[1].items():
+      if knob in known:
+        setattr(experiment, knob, value)
+  return experiment
+
+
 def _model_lines(text: str) -> dict[str, str]:
   out = {}
   for line in text.splitlines():
@@ -139,8 +203,9 @@ def check_model_config(experiment: Any, job_log_dir: str) -> None:
     raise JobError(
         f'The run in {job_log_dir!r} trained another model than'
         f' {type(experiment).__name__} with the overrides given: {shown}'
-        f'{more} ({path}). Pass the run\'s knob overrides, e.g.'
-        ' --fdl.KNOB=value.'
+        f'{more} ({path}). Set the knobs that differ, e.g.'
+        ' --fdl.KNOB=value (the run\'s experiment_knobs.txt, when there is'
+        ' one, is applied already).'
     )
 
 

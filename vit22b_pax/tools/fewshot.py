@@ -13,11 +13,13 @@ accuracy per shot count: the mean and sample standard deviation over seeds,
 each seed's value and the l2 used. --json prints the numbers as JSON
 instead.
 
-The experiment is the one named in <job_log_dir>/experiment_cls_vars.txt
-(or --exp). Knob overrides of the training run are not recorded there: give
-them again as --fdl.KNOB=value, as on the paxml command line; the tool
-compares the model with <job_log_dir>/model_params.txt and names any
-setting that differs.
+The experiment is the run's: its class and knob values as recorded in
+<job_log_dir>/experiment_knobs.txt (for an older job, the class named in
+experiment_cls_vars.txt with its defaults), or --exp. --fdl.KNOB=value
+overrides apply on top, as on the paxml command line (e.g.
+--fdl.ICI_MESH_SHAPE=None to evaluate on other devices than the run's).
+The tool compares the model with <job_log_dir>/model_params.txt and names
+any setting that differs.
 
 The dataset (data/README.md's format) needs a train split (shots) and an
 eval split (test) whose images each carry exactly one label, e.g.
@@ -40,6 +42,7 @@ from fiddle import absl_flags as fdl_flags
 from vit22b_pax import fewshot
 from vit22b_pax import fewshot_features
 from vit22b_pax import job_checkpoint
+from vit22b_pax import knobs
 
 _JOB_LOG_DIR = flags.DEFINE_string(
     'job_log_dir', None, 'The paxml job directory of the run (required).')
@@ -49,8 +52,8 @@ _STEP = flags.DEFINE_integer(
     'step', None, 'Checkpoint step; default: the latest.')
 _EXP = flags.DEFINE_string(
     'exp', None,
-    'Experiment that wrote the checkpoints (full name); default: the one in'
-    ' <job_log_dir>/experiment_cls_vars.txt.')
+    'Experiment that wrote the checkpoints (full name); default: the one'
+    ' the job recorded (experiment_knobs.txt, experiment_cls_vars.txt).')
 _SHOTS = flags.DEFINE_list(
     'shots', [str(k) for k in fewshot.DEFAULT_SHOTS],
     'Examples per class of each probe.')
@@ -94,13 +97,11 @@ def run() -> dict:
   shots = _parse_numbers(_SHOTS.value, 'shots', int)
   l2_sweep = _l2_sweep()
   job = _JOB_LOG_DIR.value
-  name = _EXP.value or job_checkpoint.experiment_name(job)
-  experiment = job_checkpoint.experiment_class(name)()
-  try:
-    # The same code path as `paxml.main --fdl_config=... --fdl.KNOB=value`.
-    fdl_flags.apply_overrides_to(experiment)
-  except (AttributeError, TypeError) as e:  # An unknown knob, a wrong type.
-    raise app.UsageError(str(e)) from None
+  experiment = job_checkpoint.job_experiment(job, _EXP.value)
+  cls = type(experiment)
+  name = f'{cls.__module__}.{cls.__name__}'
+  # --fdl.KNOB=value, checked and applied as paxml.main's validate() does.
+  knobs.apply_overrides(experiment, knobs.command_line_overrides())
   job_checkpoint.check_model_config(experiment, job)
   mdl_vars, step = job_checkpoint.restore_mdl_vars(
       experiment, job, _STEP.value)
