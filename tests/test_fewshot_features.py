@@ -105,6 +105,19 @@ class ReadSingleLabelsTest(parameterized.TestCase):
     with self.assertRaisesRegex(fewshot_features.FewShotDataError, message):
       fewshot_features.read_single_labels(self.dir, 'train')
 
+  def test_truncated_shard_names_the_file(self):
+    _write_split(self.dir, 'train', [_example(i, [i % 5]) for i in range(6)])
+    path = os.path.join(self.dir, data_format.shard_name('train', 0, 1))
+    with open(path, 'rb') as f:
+      data = f.read()
+    with open(path, 'wb') as f:
+      f.write(data[:len(data) - 40])
+    with self.assertRaisesRegex(
+        fewshot_features.FewShotDataError,
+        r'train-00000-of-00001\.tfrecord: corrupt shard at or after record'
+        r' 0 \('):
+      fewshot_features.read_single_labels(self.dir, 'train')
+
   def test_wrong_format_names_the_path(self):
     with self.assertRaisesRegex(ValueError, 'classes.tsv'):
       fewshot_features.read_single_labels(self.dir, 'train')

@@ -96,22 +96,26 @@ def _shard_labels(path: str, num_classes: int) -> np.ndarray:
       ragged = tf.RaggedTensor.from_sparse(parsed)
       lengths = ragged.row_lengths().numpy()  # [len(records)]
       ids = ragged.flat_values.numpy()
-      for i in np.flatnonzero(lengths != 1)[:1]:
-        row = ragged[i].numpy().tolist()
+      bad = np.flatnonzero(lengths != 1)
+      if bad.size:
+        i = int(bad[0])
         raise _record_error(
-            path, start + int(i), records[i],
-            f'{lengths[i]} labels {row}; a few-shot dataset needs exactly one'
-            ' label per image.')
-      for i in np.flatnonzero((ids < 0) | (ids >= num_classes))[:1]:
+            path, start + i, records[i],
+            f'{lengths[i]} labels {ragged[i].numpy().tolist()}; a few-shot'
+            ' dataset needs exactly one label per image.')
+      # One label per record: ids[i] is record i's.
+      bad = np.flatnonzero((ids < 0) | (ids >= num_classes))
+      if bad.size:
+        i = int(bad[0])
         raise _record_error(
-            path, start + int(i), records[i],
+            path, start + i, records[i],
             f'label {ids[i]} is outside [0, {num_classes}) (the class file'
             f' has {num_classes} classes).')
       out.append(ids)
       start += len(records)
   except tf.errors.DataLossError as e:
     raise FewShotDataError(
-        f'{path}: corrupt shard after record {start} ({e.message}).'
+        f'{path}: corrupt shard at or after record {start} ({e.message}).'
     ) from None
   return np.concatenate(out) if out else np.zeros([0], np.int64)
 

@@ -202,10 +202,11 @@ def check_model_config(experiment: Any, job_log_dir: str) -> None:
     more = f' (and {len(diffs) - 5} more)' if len(diffs) > 5 else ''
     raise JobError(
         f'The run in {job_log_dir!r} trained another model than'
-        f' {type(experiment).__name__} with the overrides given: {shown}'
-        f'{more} ({path}). Set the knobs that differ, e.g.'
-        ' --fdl.KNOB=value (the run\'s experiment_knobs.txt, when there is'
-        ' one, is applied already).'
+        f' {type(experiment).__name__} with these knobs: {shown}{more}'
+        f' ({path}). A knob the run set differently? Set it with'
+        ' --fdl.KNOB=value (the knobs in the run\'s experiment_knobs.txt,'
+        ' when it has one, are applied already). Another class or template'
+        ' means the code changed since the run.'
     )
 
 
