@@ -29,6 +29,8 @@ from praxis import pax_fiddle
 from praxis import py_utils
 import tensorflow as tf
 
+from vit22b_pax import fewshot
+from vit22b_pax import fewshot_program
 from vit22b_pax import finetune
 from vit22b_pax import flops
 from vit22b_pax import knobs
@@ -52,7 +54,8 @@ class ViTExperiment(knobs.KnobbedExperiment):
   (per-host batch, head dims, mesh, schedule lengths, FLOPs) are computed
   from the knobs where they are used, so overriding a base knob updates
   them. paxml evaluates during training only with `--eval_on_test`; eval
-  also reports mAP over the whole eval split ('map_dataset').
+  also reports mAP over the whole eval split ('map_dataset') and, with
+  FEWSHOT_DATASETS, few-shot linear probes of the frozen features.
   """
 
   # --- Model. Size from models.PRESETS; a non-None knob overrides the preset.
@@ -119,6 +122,19 @@ class ViTExperiment(knobs.KnobbedExperiment):
   LOG_INTERVAL_STEPS: int = 10_000
   STEPS_PER_SEC_INTERVAL_STEPS: int = 100
   EVAL_INTERVAL_STEPS: int = 5_000
+
+  # --- Few-shot linear probes on the frozen features during training
+  # (fewshot_program.py), an eval program: it runs with --eval_on_test, at
+  # the eval steps that are multiples of FEWSHOT_INTERVAL_STEPS and at the
+  # last step (0: the last step only); single-process jobs only.
+  FEWSHOT_DATASETS: tuple[str, ...] = ()  # Data dirs, one label per image.
+  FEWSHOT_SHOTS: tuple[int, ...] = fewshot.DEFAULT_SHOTS  # Per class.
+  FEWSHOT_INTERVAL_STEPS: int = 0  # A multiple of EVAL_INTERVAL_STEPS.
+  FEWSHOT_NUM_SEEDS: int = fewshot.DEFAULT_NUM_SEEDS  # Draws of the shots.
+  FEWSHOT_L2: float = fewshot.DEFAULT_L2
+  # Non-empty: each probe of >= 2 shots picks its l2 from these values by
+  # leave-one-out on its shots (never the test split).
+  FEWSHOT_L2_SWEEP: tuple[float, ...] = ()
 
   # --- Warm start (fine-tuning). Empty INIT_CHECKPOINT_DIR: from scratch.
   INIT_CHECKPOINT_DIR: str = ''  # e.g. '<pre-training job_log_dir>/checkpoints'
@@ -262,8 +278,49 @@ class ViTExperiment(knobs.KnobbedExperiment):
           'INIT_CHECKPOINT_DIR is set but INIT_EXPERIMENT (the experiment '
           'that wrote the checkpoint) is empty.'
       )
+    errors += self._fewshot_errors()
     if errors:
       raise ValidationError(f'{type(self).__name__}: ' + ' '.join(errors))
+
+  def _fewshot_errors(self) -> list[str]:
+    """check()'s few-shot part: the knobs, with paxml's eval schedule."""
+    errors = []
+    if not self.FEWSHOT_SHOTS or min(self.FEWSHOT_SHOTS) < 1:
+      errors.append(
+          f'FEWSHOT_SHOTS={self.FEWSHOT_SHOTS} must be positive integers.')
+    if self.FEWSHOT_NUM_SEEDS < 1:
+      errors.append(f'FEWSHOT_NUM_SEEDS={self.FEWSHOT_NUM_SEEDS} must be >= 1.')
+    if not self.FEWSHOT_L2 > 0 or any(
+        not v > 0 for v in self.FEWSHOT_L2_SWEEP):
+      errors.append(
+          f'FEWSHOT_L2={self.FEWSHOT_L2} and FEWSHOT_L2_SWEEP='
+          f'{self.FEWSHOT_L2_SWEEP} must be positive.')
+    if self.FEWSHOT_INTERVAL_STEPS < 0:
+      errors.append(
+          f'FEWSHOT_INTERVAL_STEPS={self.FEWSHOT_INTERVAL_STEPS} must be'
+          ' >= 0 (0: at the last step only).')
+    if not self.FEWSHOT_DATASETS:
+      return errors
+    # paxml 1.4.0 creates and calls eval programs only for these.
+    if self.EVAL_INTERVAL_STEPS <= 0:
+      errors.append(
+          f'FEWSHOT_DATASETS is set but EVAL_INTERVAL_STEPS='
+          f'{self.EVAL_INTERVAL_STEPS}: paxml runs eval programs (the'
+          ' few-shot one too) only when EVAL_INTERVAL_STEPS > 0.')
+    elif self.FEWSHOT_INTERVAL_STEPS % self.EVAL_INTERVAL_STEPS:
+      errors.append(
+          f'FEWSHOT_INTERVAL_STEPS={self.FEWSHOT_INTERVAL_STEPS} is not a'
+          f' multiple of EVAL_INTERVAL_STEPS={self.EVAL_INTERVAL_STEPS}:'
+          ' paxml calls eval programs only at eval steps.')
+    try:
+      fewshot_program.check_names(self.FEWSHOT_DATASETS)
+    except ValueError as e:
+      errors.append(f'FEWSHOT_DATASETS={e}')
+    try:
+      fewshot_program.check_single_process()
+    except fewshot_program.MultiProcessError as e:
+      errors.append(f'FEWSHOT_DATASETS is set but {e}')
+    return errors
 
   def check_knobs(self) -> None:
     """validate()'s checks: the combination, then the files it will read."""
@@ -274,6 +331,13 @@ class ViTExperiment(knobs.KnobbedExperiment):
           self.NUM_CLASSES,
           splits=(self.TRAIN_SPLIT, self.EVAL_SPLIT),
       )
+    for data_dir in self.FEWSHOT_DATASETS:
+      try:
+        fewshot_program.check_dataset(data_dir, max(self.FEWSHOT_SHOTS))
+      except ValueError as e:
+        raise ValidationError(
+            f'FEWSHOT_DATASETS entry {data_dir!r}: {e}'
+        ) from None
     if self.INIT_CHECKPOINT_DIR and not tf.io.gfile.isdir(
         self.INIT_CHECKPOINT_DIR
     ):
@@ -289,8 +353,11 @@ class ViTExperiment(knobs.KnobbedExperiment):
         and self.EVAL_INTERVAL_STEPS
     ):
       logging.warning(
-          'No eval during training: paxml evaluates every EVAL_INTERVAL_STEPS '
-          'only with --eval_on_test (or run a separate --mode=eval job).'
+          'No eval during training%s: paxml evaluates every '
+          'EVAL_INTERVAL_STEPS only with --eval_on_test (or run a separate '
+          '--mode=eval job).',
+          ' (nor few-shot probes of FEWSHOT_DATASETS)'
+          if self.FEWSHOT_DATASETS else '',
       )
 
   # ---- Inputs. ----
@@ -438,10 +505,27 @@ class ViTExperiment(knobs.KnobbedExperiment):
       }
     return task_p
 
-  def eval_programs(self) -> list[pax_programs.BaseEvalProgram]:
-    return [
+  def eval_programs(self) -> list[pax_programs.Program]:
+    out = [
         programs.DatasetMetricsEvalProgram(p) for p in self.eval_datasets()
     ]
+    if self.FEWSHOT_DATASETS:
+      out.append(self.fewshot_eval_program())
+    return out
+
+  def fewshot_eval_program(self) -> fewshot_program.FewShotEvalProgram:
+    """The few-shot probes of FEWSHOT_DATASETS, EVAL_BATCH_SIZE per pass."""
+    return fewshot_program.FewShotEvalProgram(
+        self.model(),
+        self.FEWSHOT_DATASETS,
+        shots=self.FEWSHOT_SHOTS,
+        num_seeds=self.FEWSHOT_NUM_SEEDS,
+        l2=self.FEWSHOT_L2,
+        l2_sweep=self.FEWSHOT_L2_SWEEP or None,
+        interval_steps=self.FEWSHOT_INTERVAL_STEPS,
+        num_train_steps=self.NUM_TRAIN_STEPS,
+        batch_size=self.EVAL_BATCH_SIZE,
+    )
 
   def train_programs(self) -> list[pax_programs.BaseTrainProgram]:
     return [
