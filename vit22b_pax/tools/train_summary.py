@@ -6,7 +6,8 @@ r"""Summarizes a finished training run from its job directory.
 Reads the TensorBoard summaries paxml wrote under <job_log_dir>/summaries,
 prints the run's figures with one line of explanation each, and writes
 <job_log_dir>/summary.json and <job_log_dir>/training.png (train loss and
-eval mAP against steps).
+eval mAP, and the few-shot 10-shot accuracy when the run has it, against
+steps).
 
 summary.json keys:
   steps, train_loss_first, train_loss_last: the last step and the first and
@@ -30,14 +31,24 @@ summary.json keys:
   bad_records: how many times the inputs skipped a record that failed to
     decode, summed over inputs and hosts (once per pass that read it, see
     data/README.md); null when the inputs wrote no counts.
+  fewshot_step: the step of the last few-shot evaluation (the experiment's
+    FEWSHOT_DATASETS, summaries/eval_test_fewshot).
+  fewshot_10shot, fewshot_chance: {dataset: accuracy} of the 10-shot linear
+    probes on the frozen features (mean over shot draws) and of always
+    naming the test split's most frequent class.
+  fewshot: {dataset: {'<k>shot': {'mean', 'std'}}}: every shot count's
+    accuracy, mean and sample standard deviation over the shot draws.
 Chance levels and class counts need --data_dir (null without it); the eval
 metrics are null when the run did not evaluate or the eval program could
-not compute them (e.g. leaf metrics on data without a hierarchy).
+not compute them (e.g. leaf metrics on data without a hierarchy); the
+few-shot keys are null without few-shot evaluations (fewshot_10shot also
+when no probe had 10 shots).
 """
 
 import collections
 import json
 import pathlib
+import re
 import sys
 from typing import Sequence
 
@@ -64,6 +75,9 @@ _PLOT = flags.DEFINE_bool(
 
 PLOT_FILE = 'training.png'
 SUMMARY_FILE = 'summary.json'
+# fewshot_program.SUMMARY_DIR (not imported: it imports paxml, seconds).
+FEWSHOT_SUMMARY_DIR = 'eval_test_fewshot'
+_FEWSHOT_TAG = re.compile(r'^fewshot/(?P<dataset>[^/]+)/(?P<shots>\d+)shot$')
 
 Scalars = dict[str, list[tuple[int, float, float]]]  # tag -> (step, t, value)
 
@@ -112,11 +126,48 @@ def read_run(
   return train, evals
 
 
+def read_fewshot(job_log_dir: str | pathlib.Path) -> Scalars:
+  """The few-shot eval program's scalars ({} when the run has none)."""
+  path = pathlib.Path(job_log_dir) / 'summaries' / FEWSHOT_SUMMARY_DIR
+  return read_scalars(path) if path.is_dir() else {}
+
+
+def fewshot_summary(fewshot: Scalars) -> dict[str, object]:
+  """summary.json's few-shot keys (module docstring) from read_fewshot()."""
+  table = collections.defaultdict(dict)
+  chance, steps = {}, []
+  for tag, series in fewshot.items():
+    match = _FEWSHOT_TAG.match(tag)
+    if not match or not series:
+      continue
+    dataset, shots = match['dataset'], int(match['shots'])
+    std = fewshot.get(f'fewshot_std/{dataset}/{shots}shot')
+    table[dataset][shots] = {'mean': series[-1][2],
+                             'std': std[-1][2] if std else None}
+    steps.append(series[-1][0])
+    if fewshot.get(f'fewshot_chance/{dataset}'):
+      chance[dataset] = fewshot[f'fewshot_chance/{dataset}'][-1][2]
+  if not table:
+    return {'fewshot_step': None, 'fewshot_10shot': None,
+            'fewshot_chance': None, 'fewshot': None}
+  ten = {d: t[10]['mean'] for d, t in sorted(table.items()) if 10 in t}
+  return {
+      'fewshot_step': int(max(steps)),
+      'fewshot_10shot': ten or None,
+      'fewshot_chance': chance or None,
+      'fewshot': {
+          d: {f'{k}shot': t[k] for k in sorted(t)}
+          for d, t in sorted(table.items())
+      },
+  }
+
+
 def summarize_run(
     job_log_dir: str | pathlib.Path,
     data_dir: str | None = None,
     eval_name: str = 'eval',
     scalars: tuple[Scalars, Scalars] | None = None,
+    fewshot: Scalars | None = None,
 ) -> dict[str, object]:
   """Computes the summary dict of a job directory (see module docstring).
 
@@ -125,6 +176,7 @@ def summarize_run(
     data_dir: The dataset, for chance levels and class counts; None: null.
     eval_name: Name of the eval input.
     scalars: read_run()'s result, if already read.
+    fewshot: read_fewshot()'s result, if already read.
 
   Returns:
     The summary, keys as in the module docstring.
@@ -161,6 +213,8 @@ def summarize_run(
       'examples_per_sec': float(np.median(steady)) if steady else None,
       'bad_records': _bad_records(stats, job_log_dir),
   }
+  summary.update(fewshot_summary(
+      read_fewshot(job_log_dir) if fewshot is None else fewshot))
   if data_dir:
     leaves = stats.leaf_classes(data_dir)
     info = data_format.read_info(data_dir) or {}
@@ -216,6 +270,17 @@ def format_summary(summary: dict[str, object]) -> str:
           fmt(summary['eval_precision_at_1_leaf']),
           summary['chance_precision_at_1_leaf'],
           'top-scored leaf class is one of the image\'s labels'),
+  ]
+  step = summary.get('fewshot_step')
+  for dataset, accuracy in (summary.get('fewshot_10shot') or {}).items():
+    std = summary['fewshot'][dataset]['10shot']['std']
+    spread = f' (sd {std:.3f} over draws)' if std is not None else ''
+    lines.append(row(
+        'few-shot 10-shot', fmt(accuracy),
+        (summary.get('fewshot_chance') or {}).get(dataset),
+        f'{dataset} @{step}: linear probe on frozen features, 10 images per'
+        f' new class{spread}'))
+  lines += [
       row('examples/sec (train)', fmt(summary['examples_per_sec'], '.1f'),
           None, 'median over the run, compilation left out'),
       row('bad record skips', 'n/a' if bad is None else str(bad), None,
@@ -224,8 +289,9 @@ def format_summary(summary: dict[str, object]) -> str:
   return '\n'.join(line.rstrip() for line in lines)
 
 
-def plot_training(train: Scalars, evals: Scalars, summary: dict[str, object]):
-  """A figure of loss (left) and mAP (right) against steps.
+def plot_training(train: Scalars, evals: Scalars, summary: dict[str, object],
+                  fewshot: Scalars | None = None):
+  """A figure of loss (left) and mAP and few-shot accuracy (right).
 
   Args:
     train: Train scalars ('loss', and 'Metrics/map' when the run computed
@@ -233,6 +299,7 @@ def plot_training(train: Scalars, evals: Scalars, summary: dict[str, object]):
     evals: Eval scalars ('loss', 'Metrics/map_dataset',
       'Metrics/map_leaf_dataset').
     summary: summarize_run()'s result, for the chance levels.
+    fewshot: read_fewshot()'s result: the 10-shot accuracies are drawn.
 
   Returns:
     The matplotlib Figure (Agg backend: no display needed).
@@ -268,10 +335,22 @@ def plot_training(train: Scalars, evals: Scalars, summary: dict[str, object]):
     if summary.get(chance_key) is not None:
       ax_map.axhline(summary[chance_key], linestyle='--', color=colour,
                      linewidth=1, label=f'chance, {label}')
+  fewshot_chance = summary.get('fewshot_chance') or {}
+  for i, dataset in enumerate(summary.get('fewshot_10shot') or {}):
+    colour = f'C{3 + i}'
+    ax_map.plot(*series(fewshot or {}, f'fewshot/{dataset}/10shot'), 's-',
+                color=colour, label=f'10-shot accuracy, {dataset}')
+    if dataset in fewshot_chance:
+      ax_map.axhline(fewshot_chance[dataset], linestyle=':', color=colour,
+                     linewidth=1, label=f'chance, {dataset}')
   ax_map.set_xlabel('step')
-  ax_map.set_ylabel('mAP')
+  if summary.get('fewshot_10shot'):
+    ax_map.set_ylabel('mAP; accuracy')
+    ax_map.set_title('Eval mAP and few-shot accuracy')
+  else:
+    ax_map.set_ylabel('mAP')
+    ax_map.set_title('Mean average precision')
   ax_map.set_ylim(0.0, 1.0)
-  ax_map.set_title('Mean average precision')
   if ax_map.get_legend_handles_labels()[0]:  # Else the run has no mAP.
     ax_map.legend(fontsize='small')
   fig.tight_layout()
@@ -283,15 +362,17 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   job = pathlib.Path(_JOB_LOG_DIR.value)
   scalars = read_run(job, _EVAL_NAME.value)
+  fewshot = read_fewshot(job)
   summary = summarize_run(
-      job, _DATA_DIR.value, _EVAL_NAME.value, scalars=scalars
+      job, _DATA_DIR.value, _EVAL_NAME.value, scalars=scalars,
+      fewshot=fewshot,
   )
   out = job / SUMMARY_FILE
   out.write_text(json.dumps(summary, indent=2) + '\n')
   print(format_summary(summary))
   print(f'wrote {out}', file=sys.stderr)
   if _PLOT.value:
-    fig = plot_training(*scalars, summary)
+    fig = plot_training(*scalars, summary, fewshot)
     fig.savefig(job / PLOT_FILE, dpi=100)
     print(f'wrote {job / PLOT_FILE}', file=sys.stderr)
 
