@@ -3,20 +3,25 @@
 setUpClass does the expensive work once, as subprocesses on one CPU device:
 
 1. `python -m vit22b_pax.tools.make_dataset shapes` writes a small shapes
-   dataset (1,536 train / 64 eval images at 24 px);
+   dataset (1,536 train / 64 eval images at 24 px); a small few-shot
+   variant (10 train and 1 eval image per class of its 30) is written in
+   process;
 2. one corrupt record (a valid tf.Example whose image/encoded is not an
    image) is put first in train shard 0;
 3. `python -m vit22b_pax.tools.train --exp=...ViTShapesCPU` (what
    `make train` runs) trains the tiny preset on it for 8 steps through
-   paxml.main, evaluating on the eval split (--eval_on_test), with a
-   progress line per logged loss on stdout and paxml's log in train.log;
+   paxml.main, evaluating on the eval split (--eval_on_test) every 2 steps
+   and few-shot probes on the few-shot variant every 4, with a progress
+   line per logged loss on stdout and paxml's log in train.log;
 4. `python -m vit22b_pax.tools.train_summary` writes summary.json and
    training.png.
 
 The tests check the summary (step count, losses, eval mAPs over all and
-leaf classes, the chance levels, and exactly one bad record), the progress
-lines against the summaries, the log file, the checkpoints and the
-TensorBoard files.
+leaf classes, the chance levels, exactly one bad record, the few-shot
+accuracies), the progress lines against the summaries, the log file, the
+checkpoints and the TensorBoard files, and that the few-shot scalars of
+the last step equal fewshot_features.evaluate_data_dir on the variables of
+the last checkpoint.
 
 Why 1,536 train images: the training input counts a bad record each time a
 pass over the split reads it, and its 1,000-example shuffle buffer reads
@@ -37,7 +42,10 @@ from absl.testing import absltest
 import tensorflow as tf
 
 import subprocess_runner
+from vit22b_pax import fewshot_features
+from vit22b_pax import job_checkpoint
 from vit22b_pax.input import data_format
+from vit22b_pax.input import shapes
 from vit22b_pax.input import stats
 from vit22b_pax.tools import train
 from vit22b_pax.tools import train_summary
@@ -46,12 +54,17 @@ _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _STEPS = 8
 _NUM_TRAIN = 1536
 _NUM_EVAL = 64
+_EVAL_INTERVAL = 2
+_FEWSHOT_INTERVAL = 4
+_FEWSHOT_CLASSES = 30
+_FEWSHOT_SHOTS = (1, 10)
 _SUMMARY_KEYS = (
     'steps', 'train_loss_first', 'train_loss_last', 'eval_step', 'eval_map',
     'chance_map', 'eval_precision_at_1', 'chance_precision_at_1',
     'eval_map_leaf', 'chance_map_leaf', 'eval_precision_at_1_leaf',
     'chance_precision_at_1_leaf', 'num_classes', 'num_leaf_classes',
-    'examples_per_sec', 'bad_records',
+    'examples_per_sec', 'bad_records', 'fewshot_step', 'fewshot_10shot',
+    'fewshot_chance', 'fewshot',
 )
 # What ignore_errors logs (WARNING) for each record it skips.
 _SKIP_LOG = 'Error raised with error message'
@@ -83,6 +96,7 @@ class TrainEndToEndTest(absltest.TestCase):
     super().setUpClass()
     cls.tmp = pathlib.Path(tempfile.mkdtemp(prefix='vit22b_train_e2e_'))
     cls.data = cls.tmp / 'shapes'
+    cls.fewshot_data = cls.tmp / 'shapes_fewshot'
     cls.job = cls.tmp / 'job'
     cls.make = _run(
         'vit22b_pax.tools.make_dataset', 'shapes', f'--out={cls.data}',
@@ -94,6 +108,11 @@ class TrainEndToEndTest(absltest.TestCase):
       return
     _prepend_corrupt_record(
         str(cls.data / data_format.shard_name('train', 0, 2))
+    )
+    shapes.generate(
+        str(cls.fewshot_data), num_train=10 * _FEWSHOT_CLASSES,
+        num_eval=_FEWSHOT_CLASSES, image_size=24, train_shards=1,
+        eval_shards=1, progress=False, variant=shapes.FEWSHOT,
     )
     cls.train = _run(
         'vit22b_pax.tools.train',
@@ -110,7 +129,12 @@ class TrainEndToEndTest(absltest.TestCase):
         f'--fdl.SAVE_INTERVAL_STEPS={_STEPS}',
         '--fdl.SUMMARY_INTERVAL_STEPS=4',
         '--fdl.STEPS_PER_SEC_INTERVAL_STEPS=4',
-        '--fdl.EVAL_INTERVAL_STEPS=4',  # Divides the steps: the last evals.
+        # Divides the steps: the last evals.
+        f'--fdl.EVAL_INTERVAL_STEPS={_EVAL_INTERVAL}',
+        f"--fdl.FEWSHOT_DATASETS=('{cls.fewshot_data}',)",
+        f'--fdl.FEWSHOT_SHOTS={_FEWSHOT_SHOTS}',
+        '--fdl.FEWSHOT_NUM_SEEDS=2',
+        f'--fdl.FEWSHOT_INTERVAL_STEPS={_FEWSHOT_INTERVAL}',
         f'--job_log_dir={cls.job}',
         '--eval_on_test',
     )
@@ -225,11 +249,51 @@ class TrainEndToEndTest(absltest.TestCase):
     # An orbax checkpoint: a state/ dir with one entry per variable.
     state = checkpoints / f'checkpoint_{_STEPS:08d}' / 'state'
     self.assertTrue((state / 'mdl_vars.params.head.w').is_dir())
-    for name in ('train', 'eval_test_eval'):
+    for name in ('train', 'eval_test_eval', 'eval_test_fewshot'):
       events = list(
           (self.job / 'summaries' / name).glob('events.out.tfevents.*')
       )
       self.assertNotEmpty(events, name)
+
+  def test_fewshot_runs_every_fewshot_interval(self):
+    self._assert_ok(self.train)
+    _, evals = train_summary.read_run(self.job)
+    self.assertEqual([s for s, _, _ in evals['loss']], [2, 4, 6, 8])
+    fewshot = train_summary.read_fewshot(self.job)
+    self.assertLen(fewshot, 2 * len(_FEWSHOT_SHOTS) + 1)  # Mean, std, chance.
+    for tag, series in fewshot.items():
+      self.assertEqual([s for s, _, _ in series], [4, 8], tag)
+    self.assertIn('Few-shot probes at step 8 on shapes_fewshot', self.log)
+
+  def test_fewshot_equals_the_evaluation_of_the_last_checkpoint(self):
+    summary = self._summary()
+    job = str(self.job)
+    exp = job_checkpoint.job_experiment(job)  # The run's knobs.
+    self.assertEqual(exp.FEWSHOT_DATASETS, (str(self.fewshot_data),))
+    mdl_vars, step = job_checkpoint.restore_mdl_vars(exp, job, _STEPS)
+    report = fewshot_features.evaluate_data_dir(
+        fewshot_features.FeatureExtractor.from_experiment(
+            exp, exp.EVAL_BATCH_SIZE),
+        mdl_vars, str(self.fewshot_data), shots=_FEWSHOT_SHOTS, num_seeds=2)
+    fewshot = train_summary.read_fewshot(self.job)
+    for tag, value in report.scalars().items():
+      self.assertEqual(fewshot[tag][-1][0], step)
+      self.assertAlmostEqual(fewshot[tag][-1][2], value, 6, tag)
+    self.assertEqual(summary['fewshot_step'], _STEPS)
+    self.assertEqual(list(summary['fewshot_10shot']), ['shapes_fewshot'])
+    self.assertAlmostEqual(summary['fewshot_10shot']['shapes_fewshot'],
+                           report.results[10].mean, 6)
+    self.assertAlmostEqual(summary['fewshot_chance']['shapes_fewshot'],
+                           1 / _FEWSHOT_CLASSES, 6)
+    for k in _FEWSHOT_SHOTS:
+      got = summary['fewshot']['shapes_fewshot'][f'{k}shot']
+      self.assertAlmostEqual(got['mean'], report.results[k].mean, 6)
+      self.assertAlmostEqual(got['std'], report.results[k].std, 6)
+    # The printed summary: the 10-shot accuracy with its chance level.
+    self.assertRegex(
+        self.summary_proc.stdout,
+        r'few-shot 10-shot +' + re.escape(f'{report.results[10].mean:.4f}')
+        + r'  \(chance 0\.0333\) +shapes_fewshot @8: linear probe')
 
 
 if __name__ == '__main__':
