@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 PYTHON310 ?=
 # Where `make train` puts the embedded dataset and the job directory.
 DATA_DIR ?= data/shapes
+# Its few-shot variant (30 new classes), probed during training.
+FEWSHOT_DIR ?= data/shapes_fewshot
 JOB_DIR ?= runs/train_cpu
 # VERBOSE=1: `make train` shows paxml's full log instead of a progress line.
 VERBOSE ?= 0
@@ -27,16 +29,21 @@ $(STAMP): requirements.lock pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-# The main job: the embedded dataset (made if missing), ViTShapesCPU through
-# the real paxml launcher (re-running resumes from the last checkpoint) with
-# one progress line on the terminal and paxml's log in $(JOB_DIR)/train.log
-# (VERBOSE=1: the log on the terminal instead), then the run's summary, also
-# written to $(JOB_DIR)/summary.json and $(JOB_DIR)/training.png.
+# The main job: the embedded dataset and its few-shot variant (made if
+# missing), ViTShapesCPU through the real paxml launcher (re-running resumes
+# from the last checkpoint) with few-shot probes of the frozen features at
+# every eval, one progress line on the terminal and paxml's log in
+# $(JOB_DIR)/train.log (VERBOSE=1: the log on the terminal instead), then the
+# run's summary, also written to $(JOB_DIR)/summary.json and
+# $(JOB_DIR)/training.png.
 train: $(STAMP)
 	$(PY) -m vit22b_pax.tools.make_dataset shapes --out $(DATA_DIR)
+	$(PY) -m vit22b_pax.tools.make_dataset shapes --variant fewshot \
+	  --out $(FEWSHOT_DIR)
 	$(PY) -m vit22b_pax.tools.train $(if $(filter-out 0,$(VERBOSE)),--verbose) \
 	  --exp=vit22b_pax.experiments.ViTShapesCPU \
 	  --fdl.DATA_DIR="'$(DATA_DIR)'" \
+	  --fdl.FEWSHOT_DATASETS="('$(FEWSHOT_DIR)',)" \
 	  --job_log_dir=$(JOB_DIR) --eval_on_test
 	$(PY) -m vit22b_pax.tools.train_summary --job_log_dir=$(JOB_DIR) \
 	  --data_dir=$(DATA_DIR)

@@ -79,6 +79,8 @@ class ViTShapesCPU(experiment_base.ViTExperiment):
   in our runs. 1,500 steps of 64 = 96k examples (~12 epochs of 8,192).
   Tuned (PEAK_LR, schedule, batch) to reach an eval mAP far above the
   chance level (the label prior, ~0.15) within 10 minutes on 2 cores.
+  `make train` also passes FEWSHOT_DATASETS=('data/shapes_fewshot',): the
+  frozen features' few-shot probes on 30 new classes at every eval.
   """
 
   MODEL_SIZE = 'small'
@@ -102,6 +104,7 @@ class ViTShapesCPU(experiment_base.ViTExperiment):
   SUMMARY_INTERVAL_STEPS = 50
   STEPS_PER_SEC_INTERVAL_STEPS = 50
   EVAL_INTERVAL_STEPS = 500  # Divides NUM_TRAIN_STEPS: the last step evals.
+  FEWSHOT_INTERVAL_STEPS = 500  # With FEWSHOT_DATASETS: at every eval.
 
 
 @experiment_registry.register
