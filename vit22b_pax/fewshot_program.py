@@ -79,7 +79,7 @@ def check_single_process() -> None:
   """Raises MultiProcessError in a job of more than one process."""
   if jax.process_count() > 1:
     raise MultiProcessError(
-        f'the few-shot eval program runs in single-process jobs only (this'
+        'the few-shot eval program runs in single-process jobs only (this'
         f' one has {jax.process_count()} processes): it reads every'
         ' dataset in one process. Evaluate the checkpoints on one host'
         ' with `python -m vit22b_pax.tools.fewshot --job_log_dir=...'
