@@ -33,6 +33,7 @@ from vit22b_pax import fewshot
 from vit22b_pax import fewshot_program
 from vit22b_pax import finetune
 from vit22b_pax import flops
+from vit22b_pax import health
 from vit22b_pax import knobs
 from vit22b_pax import models
 from vit22b_pax import optim
@@ -135,6 +136,17 @@ class ViTExperiment(knobs.KnobbedExperiment):
   # Non-empty: each probe of >= 2 shots picks its l2 from these values by
   # leave-one-out on its shots (never the test split).
   FEWSHOT_L2_SWEEP: tuple[float, ...] = ()
+  # --- Training health (health.py, attention_summaries.py).
+  # A step whose loss or gradients are not finite is skipped (no update of
+  # the weights or optimizer state), logged and counted; more than this many
+  # in a row stop the run.
+  MAX_CONSECUTIVE_BAD_STEPS: int = health.MAX_CONSECUTIVE_BAD_STEPS
+  # Every attention's largest logit and mean entropy as per-layer train
+  # summaries ('attention/layer_LL/max_logit', '.../entropy').
+  ATTENTION_DIAGNOSTICS: bool = True
+  # Testing/debugging only: these steps (paxml's 0-based step numbers) get
+  # NaN images, to exercise the guard.
+  INJECT_NAN_AT_STEPS: tuple[int, ...] = ()
 
   # --- Warm start (fine-tuning). Empty INIT_CHECKPOINT_DIR: from scratch.
   INIT_CHECKPOINT_DIR: str = ''  # e.g. '<pre-training job_log_dir>/checkpoints'
@@ -273,6 +285,20 @@ class ViTExperiment(knobs.KnobbedExperiment):
     for knob in ('WARMUP_STEPS', 'COOLDOWN_STEPS'):
       if getattr(self, knob) < 0:
         errors.append(f'{knob}={getattr(self, knob)} must be >= 0.')
+    if self.MAX_CONSECUTIVE_BAD_STEPS < 1:
+      errors.append(
+          f'MAX_CONSECUTIVE_BAD_STEPS={self.MAX_CONSECUTIVE_BAD_STEPS} must '
+          'be >= 1.'
+      )
+    outside = [
+        s for s in self.INJECT_NAN_AT_STEPS
+        if not 0 <= s < self.NUM_TRAIN_STEPS
+    ]
+    if outside:
+      errors.append(
+          f'INJECT_NAN_AT_STEPS={tuple(self.INJECT_NAN_AT_STEPS)}: steps '
+          f'{outside} are outside [0, NUM_TRAIN_STEPS={self.NUM_TRAIN_STEPS}).'
+      )
     if self.INIT_CHECKPOINT_DIR and not self.INIT_EXPERIMENT:
       errors.append(
           'INIT_CHECKPOINT_DIR is set but INIT_EXPERIMENT (the experiment '
@@ -426,6 +452,7 @@ class ViTExperiment(knobs.KnobbedExperiment):
         head_bias_init=self.HEAD_BIAS_INIT,
         dropout=self.DROPOUT,
         loss_type=self.LOSS,
+        attention_diagnostics=self.ATTENTION_DIAGNOSTICS,
     )
     model_p.map_in_training = self.MAP_IN_TRAINING
     if sharded:
@@ -476,9 +503,17 @@ class ViTExperiment(knobs.KnobbedExperiment):
     task_p = pax_fiddle.Config(
         task_cls, name='vit_task', model=self.model(), summary_verbosity=2
     )
+    # The learner skips non-finite steps (health.py); the aggregator makes
+    # a non-finite loss count as one.
+    task_p.loss_aggregator = pax_fiddle.Config(
+        health.NonFiniteLossAggregator, loss_key='loss'
+    )
     train_p = task_p.train
     train_p.learner = pax_fiddle.Config(
-        learners.Learner, loss_name='loss', optimizer=self.optimizer()
+        learners.Learner,
+        optimizer=self.optimizer(),
+        check_valid_step=True,
+        enable_skip_step_on_gradient_anomalies=True,
     )
     train_p.num_train_steps = self.NUM_TRAIN_STEPS
     train_p.save_interval_steps = self.SAVE_INTERVAL_STEPS
@@ -533,6 +568,9 @@ class ViTExperiment(knobs.KnobbedExperiment):
             tokens_per_image=self.tokens_per_image(),
             flops_per_token=self.train_flops_per_token(),
             peak_flops_per_device=self.PEAK_FLOPS_PER_DEVICE,
+            max_consecutive_bad_steps=self.MAX_CONSECUTIVE_BAD_STEPS,
+            inject_nan_at_steps=tuple(self.INJECT_NAN_AT_STEPS),
+            inject_nan_field=self.model(sharded=False).image_field,
         )
     ]
 

@@ -392,6 +392,7 @@ def classifier_config(
     droppath: float = 0.0,
     loss_type: str = recipe.LOSS,
     map_in_training: bool = True,
+    attention_diagnostics: bool = False,
     name: str = 'vit_classifier',
 ) -> pax_fiddle.Config[ViTClassifier]:
   """Builds the ViTClassifier config for a size preset.
@@ -428,6 +429,8 @@ def classifier_config(
       with depth, 0 at the first).
     loss_type: 'sigmoid' or 'softmax' (see ViTClassifier.loss_type).
     map_in_training: See ViTClassifier.map_in_training.
+    attention_diagnostics: Every attention (blocks and MAP head) adds its
+      max-logit and entropy summaries (`AttentionCore.diagnostics`).
     name: Model name.
 
   Returns:
@@ -460,6 +463,7 @@ def classifier_config(
         ln_tpl=ln_tpl.clone(),
     )
     p.attention_tpl.qk_norm_tpl = ln_tpl.clone()
+    p.attention_tpl.diagnostics = attention_diagnostics
     return p
 
   block_p = options(pax_fiddle.Config(block_cls))

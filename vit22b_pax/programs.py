@@ -1,8 +1,10 @@
 """paxml train/eval programs that report what paxml's own do not.
 
 ThroughputTrainProgram adds examples/s and model FLOPs utilization (MFU) to
-the train log and summaries; DatasetMetricsEvalProgram adds mAP and
-precision@1 over the whole eval split, which per-batch averages cannot give.
+the train log and summaries, runs the non-finite guard (health.py) and
+gives the attention diagnostics per-layer names; DatasetMetricsEvalProgram
+adds mAP and precision@1 over the whole eval split, which per-batch
+averages cannot give.
 """
 
 from typing import Any, NamedTuple
@@ -13,9 +15,12 @@ import numpy as np
 from paxml import programs
 from paxml import summary_utils
 from paxml import tasks_lib
+from paxml import trainer_lib
 from praxis import base_layer
 
+from vit22b_pax import attention_summaries
 from vit22b_pax import flops
+from vit22b_pax import health
 from vit22b_pax import metrics as metrics_lib
 from vit22b_pax.input import stats
 
@@ -49,12 +54,23 @@ class EvalLoopOutput(NamedTuple):
 
 
 class ThroughputTrainProgram(programs.SingleTaskTrainProgram):
-  """paxml's train program, also logging and summarizing examples/s and MFU.
+  """paxml's train program with throughput, a non-finite guard and names.
 
-  paxml reports steps/s only. With the global batch known here, each
-  steps/s measurement becomes examples/s (and, with FLOPs per image and the
-  chips' peak FLOP/s, model FLOPs utilization), logged and written to the
-  train summaries as 'Examples/sec' and 'MFU'.
+  Throughput: paxml reports steps/s only. With the global batch known here,
+  each steps/s measurement becomes examples/s (and, with FLOPs per image
+  and the chips' peak FLOP/s, model FLOPs utilization), logged and written
+  to the train summaries as 'Examples/sec' and 'MFU'.
+
+  Non-finite guard: the learner skips a step whose loss or gradients are
+  not finite (health.py); a `health.StepGuard` counts, logs and records
+  each skipped step and raises `health.NonFiniteStepsError` after more
+  than max_consecutive_bad_steps in a row. Steps in inject_nan_at_steps
+  get NaN in their inject_nan_field input (`health.poison_batch`), to test
+  the guard.
+
+  Attention diagnostics: the per-layer summaries of the attention cores
+  are written as 'attention/layer_LL/max_logit' (and '/entropy'), the same
+  names for unrolled and scanned encoders (`attention_summaries`).
   """
 
   def __init__(
@@ -62,11 +78,69 @@ class ThroughputTrainProgram(programs.SingleTaskTrainProgram):
       tokens_per_image: int = 1,
       flops_per_token: float | None = None,
       peak_flops_per_device: float | None = None,
+      max_consecutive_bad_steps: int = health.MAX_CONSECUTIVE_BAD_STEPS,
+      inject_nan_at_steps: tuple[int, ...] = (),
+      inject_nan_field: str = 'image',
   ):
     super().__init__()
     self._tokens_per_image = tokens_per_image
     self._flops_per_token = flops_per_token
     self._peak_flops_per_device = peak_flops_per_device
+    self._max_consecutive_bad_steps = max_consecutive_bad_steps
+    self._inject_nan_at_steps = frozenset(inject_nan_at_steps)
+    self._inject_nan_field = inject_nan_field
+    self._guard: health.StepGuard | None = None
+
+  def setup(self, task, train_input, partitioner, job_log_dir, *args,
+            **kwargs) -> None:
+    super().setup(task, train_input, partitioner, job_log_dir, *args,
+                  **kwargs)
+    self._guard = health.StepGuard(
+        self._max_consecutive_bad_steps,
+        str(job_log_dir),
+        self._initial_step,
+        write_scalar=self._write_skipped_steps,
+    )
+
+  def _write_skipped_steps(self, step: int, count: int) -> None:
+    # At step + 1, beside paxml's 'learning/is_valid_step' of that step.
+    with self._train_summary_writer.as_default():
+      summary_utils.write_summary_tensor(
+          step + 1, health.SKIPPED_STEPS_TAG, count,
+          base_layer.SummaryType.AGGREGATE_SCALAR,
+      )
+
+  def train_step(
+      self,
+      step: int,
+      state: TrainState,
+      prng_key: Any,
+      inputs: Any,
+      static_args: trainer_lib.BaseStepFnStaticArgs,
+  ) -> tuple[int, TrainState, trainer_lib.StepFnOutput]:
+    if step in self._inject_nan_at_steps:
+      logging.warning(
+          'INJECT_NAN_AT_STEPS: step %d gets NaN %r.', step,
+          self._inject_nan_field,
+      )
+      inputs = health.poison_batch(inputs, self._inject_nan_field)
+    new_step, new_state, outputs = super().train_step(
+        step, state, prng_key, inputs, static_args
+    )
+    self._guard.add(step, outputs.loss, outputs.summary_tensors)
+    if new_step >= self._task.train.num_train_steps:
+      self._guard.flush()  # The last step: nothing comes after it.
+    outputs = outputs.replace(
+        summary_tensors=attention_summaries.rename(outputs.summary_tensors)
+    )
+    return new_step, new_state, outputs
+
+  def shutdown(self) -> None:
+    try:
+      if self._guard is not None:
+        self._guard.flush()
+    finally:
+      super().shutdown()
 
   def _compute_steps_per_sec(self, step: int):
     steps_per_sec = super()._compute_steps_per_sec(step)

@@ -72,10 +72,17 @@ class AttentionCore(base_layer.BaseLayer):
   and key vector: children 'q_norm' and 'k_norm', each built from
   qk_norm_tpl with dim = H, so their scale [H] is shared across heads.
 
+  With `diagnostics`, two scalar summaries watch for the instability
+  QK-norm exists to prevent (logits growing until the softmax is one-hot):
+  'max_logit', the largest masked pre-softmax logit of the batch, and
+  'entropy', the attention entropy -sum_S p log p in nats averaged over
+  B, N and T. Both reuse the forward pass's logits and probabilities.
+
   Attributes:
     dim_per_head: H, the per-head query/key/value size.
     use_qk_norm: Whether to normalize queries and keys before the dot product.
     atten_dropout_prob: Dropout probability on the attention probabilities.
+    diagnostics: Add the 'max_logit' and 'entropy' summaries.
     qk_norm_tpl: Template of the q and k norms (dim is set here). Default:
       ViT-22B's LayerNorm (no bias, direct scale, float32 statistics, epsilon
       1e-6); `norms.rms_norm()` gives RMSNorm.
@@ -85,6 +92,7 @@ class AttentionCore(base_layer.BaseLayer):
   dim_per_head: int = 0
   use_qk_norm: bool = True
   atten_dropout_prob: float = 0.0
+  diagnostics: bool = False
   qk_norm_tpl: LayerTpl = template_field(norms.layer_norm)
   dropout_tpl: LayerTpl = template_field(stochastics.Dropout)
 
@@ -177,10 +185,15 @@ class AttentionCore(base_layer.BaseLayer):
 
     logits = self.logits(query, key)
     logits = checkpoint_name(logits, 'logits')
-    self.add_summary('max_logit', jnp.max(jnp.abs(logits)), verbosity=4)
     if atten_mask is not None:
       logits = py_utils.apply_mask_to_logits(logits, atten_mask)
-    probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+    probs = jax.nn.softmax(logits, axis=-1)
+    if self.diagnostics:
+      self.add_summary('max_logit', jnp.max(logits))
+      # entr(p) = -p log p, 0 at p = 0 (masked keys).
+      entropy = jnp.sum(jax.scipy.special.entr(probs), axis=-1)
+      self.add_summary('entropy', jnp.mean(entropy))
+    probs = probs.astype(value.dtype)
     probs = self.atten_dropout(probs)
     context = jnp.einsum('BNTS,BSNH->BTNH', probs, value)
     context = checkpoint_name(context, 'context')

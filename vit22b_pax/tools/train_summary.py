@@ -38,6 +38,10 @@ summary.json keys:
     naming the test split's most frequent class.
   fewshot: {dataset: {'<k>shot': {'mean', 'std'}}}: every shot count's
     accuracy, mean and sample standard deviation over the shot draws.
+  skipped_steps: how many training steps had a non-finite loss or gradient
+    and were skipped (no update; vit22b_pax/health.py), from
+    <job_log_dir>/skipped_steps.json; null when the run wrote no such file.
+  skipped_step_numbers: those steps (paxml's step numbers), or null.
 Chance levels and class counts need --data_dir (null without it); the eval
 metrics are null when the run did not evaluate or the eval program could
 not compute them (e.g. leaf metrics on data without a hierarchy); the
@@ -183,6 +187,7 @@ def summarize_run(
   """
   # Imported here: --help stays fast (they import TensorFlow).
   # pylint: disable=g-import-not-at-top
+  from vit22b_pax import health
   from vit22b_pax.input import data_format
   from vit22b_pax.input import stats
   # pylint: enable=g-import-not-at-top
@@ -212,9 +217,15 @@ def summarize_run(
       'num_leaf_classes': None,
       'examples_per_sec': float(np.median(steady)) if steady else None,
       'bad_records': _bad_records(stats, job_log_dir),
+      'skipped_steps': None,
+      'skipped_step_numbers': None,
   }
   summary.update(fewshot_summary(
       read_fewshot(job_log_dir) if fewshot is None else fewshot))
+  skipped = health.read_skipped_steps(str(job_log_dir))
+  if skipped is not None:
+    summary['skipped_steps'] = len(skipped)
+    summary['skipped_step_numbers'] = [s.step for s in skipped]
   if data_dir:
     leaves = stats.leaf_classes(data_dir)
     info = data_format.read_info(data_dir) or {}
@@ -251,6 +262,12 @@ def format_summary(summary: dict[str, object]) -> str:
   classes = summary.get('num_classes') or 'all'
   leaves = summary.get('num_leaf_classes') or 'the'
   bad = summary['bad_records']
+  skipped = summary.get('skipped_steps')
+  skipped_meaning = 'updates not applied: non-finite loss or gradient'
+  if skipped:
+    numbers = summary['skipped_step_numbers']
+    skipped_meaning += '; steps ' + ', '.join(map(str, numbers[:5]))
+    skipped_meaning += ', ...' if skipped > 5 else ''
   loss = (f"{fmt(summary['train_loss_first'], '.2f')} -> "
           f"{fmt(summary['train_loss_last'], '.2f')}")
   lines = [
@@ -285,6 +302,8 @@ def format_summary(summary: dict[str, object]) -> str:
           None, 'median over the run, compilation left out'),
       row('bad record skips', 'n/a' if bad is None else str(bad), None,
           'records that failed to decode, once per pass that read them'),
+      row('skipped steps', 'n/a' if skipped is None else str(skipped), None,
+          skipped_meaning),
   ]
   return '\n'.join(line.rstrip() for line in lines)
 
