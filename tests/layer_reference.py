@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from praxis import base_layer
 from praxis import pax_fiddle
+from praxis.layers import transformers
 import scipy.special
 
 from vit22b_pax.layers import norms
@@ -281,3 +282,25 @@ def map_head(p, x, flags, key_padding=None):
                  flags['ln_epsilon'])
   z = z + mlp(p['mlp'], y, flags['use_mlp_bias'], flags['gelu_approximate'])
   return z[:, 0]
+
+
+def stack_config(block_p, num_layers, repeated):
+  """praxis StackedTransformer (or StackedTransformerRepeated) of block_p."""
+  stack = pax_fiddle.Config(
+      transformers.StackedTransformer,
+      name='stack',
+      model_dims=block_p.input_dims,
+      hidden_dims=block_p.hidden_dims,
+      num_heads=block_p.num_heads,
+      dim_per_head=block_p.dim_per_head,
+      num_layers=1 if repeated else num_layers,
+      transformer_layer_params_tpl=block_p.clone(),
+  )
+  if not repeated:
+    return stack
+  return pax_fiddle.Config(
+      transformers.StackedTransformerRepeated,
+      name='repeated',
+      block=stack,
+      x_times=num_layers,
+  )

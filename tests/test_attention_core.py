@@ -72,6 +72,51 @@ class AttentionCoreTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'attention_mask must have shape'):
       ref.init(layer, q, k, v, jnp.zeros((2, 5)))
 
+  def _diagnostics(self, layer, q, k, v, mask):
+    variables = {'params': ref.init(layer, q, k, v, mask).get('params', {})}
+    with base_layer.JaxContext.new_context():
+      _, updated = layer.apply(variables, q, k, v, mask, mutable=['summaries'])
+    summaries = updated.get('summaries', {})
+    return {name: float(value) for name, value in summaries.items()}
+
+  def test_no_diagnostics_unless_asked(self):
+    q, k, v = qkv()
+    self.assertEqual(self._diagnostics(core(use_qk_norm=False), q, k, v, None),
+                     {})
+
+  @parameterized.named_parameters(('qk_norm', True), ('plain', False))
+  def test_diagnostics_match_reference(self, use_qk_norm):
+    layer = core(use_qk_norm=use_qk_norm, diagnostics=True)
+    q, k, v = qkv(b=2, t=3, s=5, seed=2)
+    paddings = np.zeros((2, 5), np.float32)
+    paddings[1, 3:] = 1.0
+    # Padded keys get the largest plain logits: the maximum must skip them.
+    k[1, 3:] = 4.0 * np.abs(q[1]).max() * np.sign(q[1, 0])
+    mask = attentions.convert_paddings_to_mask(jnp.asarray(paddings))
+    norm = None
+    if use_qk_norm:
+      norm = lambda x: ref.layer_norm(x, np.ones(4))
+    _, logits = ref.attention(
+        q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
+        paddings, norm, norm,
+    )
+    padded = paddings[:, None, None, :] > 0.5
+    probs = ref.softmax(np.where(padded, -np.inf, logits))
+    terms = np.where(probs > 0, -probs * np.log(np.where(probs > 0, probs, 1)),
+                     0.0)
+    expected = {
+        'max_logit_scalar': np.where(padded, -np.inf, logits).max(),
+        'entropy_scalar': terms.sum(-1).mean(),  # nats, mean over B, N, T
+    }
+    got = self._diagnostics(layer, q, k, v, mask)
+    self.assertEqual(set(got), set(expected))
+    for name, value in expected.items():
+      self.assertAlmostEqual(got[name], value, delta=1e-5 * max(1, abs(value)),
+                             msg=name)
+    if not use_qk_norm:  # (QK-normed logits are bounded by sqrt(H) = 2.)
+      # The padded keys would have raised the maximum.
+      self.assertGreater(logits.max(), expected['max_logit_scalar'] + 1.0)
+
   def test_qk_norm_scale_is_shared_across_heads(self):
     layer = core()
     q, k, v = qkv(n=3)
