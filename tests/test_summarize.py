@@ -15,6 +15,7 @@ from fiddle._src.absl_flags import legacy_flags as fdl_legacy_flags
 import numpy as np
 import tensorflow as tf
 
+from vit22b_pax import health
 from vit22b_pax.input import data_format
 from vit22b_pax.input import hierarchy
 from vit22b_pax.tools import summarize
@@ -141,9 +142,31 @@ class TrainSummaryTest(absltest.TestCase):
     self.assertIsNone(summary['chance_map'])
     self.assertIsNone(summary['eval_map_leaf'])  # Not in the summaries.
     self.assertEqual(summary['bad_records'], 5)
+    self.assertIsNone(summary['skipped_steps'])  # No skipped_steps.json.
     text = train_summary.format_summary(summary).splitlines()
     self.assertRegex(text[2], r'^eval mAP +0\.5000 +mean AP over all classes')
     self.assertRegex(text[3], r'^eval mAP, leaves +n/a ')
+
+  def test_reports_the_steps_the_guard_skipped(self):
+    job = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, job)
+    self._write(os.path.join(job, 'summaries', 'train'), [('loss', 9, 1.0)])
+    guard = health.StepGuard(5, job, 0)
+    for step in range(9):
+      bad = step in (3, 6)
+      guard.add(step, np.float32(np.nan if bad else 1.0), {
+          health.VALID_STEP_SUMMARY: np.float32(not bad),
+          health.GRAD_NORM_SUMMARY: np.float32(np.nan if bad else 1.0),
+      })
+    guard.flush()
+    summary = train_summary.summarize_run(job)
+    self.assertEqual(summary['skipped_steps'], 2)
+    self.assertEqual(summary['skipped_step_numbers'], [3, 6])
+    self.assertRegex(
+        train_summary.format_summary(summary).splitlines()[-1],
+        r'^skipped steps +2 +updates not applied: non-finite loss or '
+        r'gradient; steps 3, 6$',
+    )
 
   def _leaf_run(self):
     """A job with leaf metrics and a 4-class dataset: root 0 over 1, 2, 3."""

@@ -63,7 +63,8 @@ _SUMMARY_KEYS = (
     'chance_map', 'eval_precision_at_1', 'chance_precision_at_1',
     'eval_map_leaf', 'chance_map_leaf', 'eval_precision_at_1_leaf',
     'chance_precision_at_1_leaf', 'num_classes', 'num_leaf_classes',
-    'examples_per_sec', 'bad_records', 'fewshot_step', 'fewshot_10shot',
+    'examples_per_sec', 'bad_records', 'skipped_steps',
+    'skipped_step_numbers', 'fewshot_step', 'fewshot_10shot',
     'fewshot_chance', 'fewshot',
 )
 # What ignore_errors logs (WARNING) for each record it skips.
@@ -172,6 +173,9 @@ class TrainEndToEndTest(absltest.TestCase):
       self.assertIsInstance(summary[key], float)
       self.assertGreater(summary[key], 0.0)
     self.assertGreater(summary['examples_per_sec'], 0.0)
+    # The non-finite guard ran (its file exists) and skipped nothing.
+    self.assertEqual(summary['skipped_steps'], 0)
+    self.assertEqual(summary['skipped_step_numbers'], [])
 
   def test_eval_metrics_and_chance_level(self):
     summary = self._summary()
