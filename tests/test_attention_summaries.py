@@ -74,7 +74,9 @@ class StackDiagnosticsTest(parameterized.TestCase):
       )
     flat = summary_utils.flatten_flax_summaries(updated['summaries'])
     # As the classifier names its stack.
-    got = attention_summaries.rename({'encoder/' + k: v for k, v in flat.items()})
+    got = attention_summaries.rename(
+        {'encoder/' + k: v for k, v in flat.items()}
+    )
     self.assertLen(got, 2 * _LAYERS)
 
     padded = paddings[:, None, None, :] > 0.5

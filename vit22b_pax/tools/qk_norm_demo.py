@@ -45,8 +45,9 @@ over the 16 tokens has log 16 = 2.77):
   3e-2     with     6.0 / 7.1 / 7.4     2.61 / 2.67 / 2.70  821 / 507 / 7,478
   3e-2     without  521 / 2,226 / 5,590 0.83 / 0.36 / 0.06  241 / 261 / 49
 
-Without QK-norm the first layer's logits grow at every one of these rates
-and its attention concentrates on ever fewer tokens; with QK-norm the
+Without QK-norm the logits grow at every one of these rates, in every
+layer and fastest in the first, whose attention concentrates on ever fewer
+tokens; with QK-norm the
 largest logit stays below ~10 (LayerNorm bounds |q.k| / sqrt(H) by
 sqrt(H) = 8 times the learned scales). At ViTShapesCPU's own 8e-3 the
 growth is there but slow (entropy still ~1 nat at step 100); 1.5e-2 shows
@@ -497,7 +498,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
   for variant in VARIANTS:
     run = results['runs'][variant.key]
     h = run['headline']
-    note = ' (stopped by the non-finite guard)' if run['stopped_by_guard'] else ''
+    note = ''
+    if run['stopped_by_guard']:
+      note = ' (stopped by the non-finite guard)'
     out.write(
         f"{variant.label:16s} step {h['last_step']}: max logit "
         f"{_fmt(h['max_logit_last'])} (peak {_fmt(h['max_logit_peak'])}), "
