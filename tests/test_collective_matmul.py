@@ -2,17 +2,13 @@
 
 Numbers: forward and gradients against the plain einsum on unsharded
 arrays. Structure: the compiled HLO of the jitted, NamedSharding-fed
-function, parsed below: collectives classified by kind and by the mesh axis
-their device groups span, dots counted, and the data dependencies between
-sends and multiplies traced. Expected counts follow from the module's
+function, parsed by hlo_text: collectives classified by kind and by the
+mesh axis their device groups span, dots counted, and the data
+dependencies between sends and multiplies traced. Expected counts follow from the module's
 schedule with m the model axis size: unidirectional m multiplies and m - 1
 sends; bidirectional 2 * floor(m / 2) sends and m + 1 multiplies for even m
 (the opposite chunk goes in two halves), m for odd m.
 """
-
-import collections
-import re
-from typing import NamedTuple
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -23,6 +19,7 @@ from praxis import base_layer
 from praxis import pax_fiddle
 from praxis import pytypes
 
+import hlo_text
 from vit22b_pax.layers import collective_matmul
 
 P = jax.sharding.PartitionSpec
@@ -103,138 +100,9 @@ def _dots(m, bidirectional):
   return m + 1 if bidirectional and m % 2 == 0 else m
 
 
-class Op(NamedTuple):
-  """One HLO instruction: result dims (None for tuples), operand names."""
-
-  name: str
-  opcode: str
-  dims: tuple[int, ...] | None
-  operands: list[str]
-  line: str
-
-
-def _is_dot(op: Op) -> bool:
-  return op.opcode == 'dot'
-
-
-def _is_permute(op: Op) -> bool:
-  return op.opcode.removesuffix('-start') == 'collective-permute'
-
-
-def _closing(text, start):
-  """Index of the parenthesis closing the one at text[start]."""
-  depth = 0
-  for k in range(start, len(text)):
-    depth += {'(': 1, ')': -1}.get(text[k], 0)
-    if depth == 0:
-      return k
-  raise AssertionError(f'unbalanced: {text}')
-
-
-def _pairs(attr, line):
-  """The {a,b,...} groups of an HLO attribute like replica_groups={{0,1}}."""
-  found = re.search(attr + r'=\{((?:\{[\d,]*\},?)*)\}', line)
-  if found is None:
-    raise AssertionError(f'no parsable {attr} in: {line}')
-  return [[int(p) for p in g.split(',') if p]
-          for g in re.findall(r'\{([\d,]*)\}', found.group(1))]
-
-
-class Hlo:
-  """The entry computation of compiled HLO text, parsed for what we check.
-
-  Partition p of the SPMD program runs on mesh.devices.flat[p], so the
-  groups in collectives map to mesh coordinates by np.unravel_index.
-
-  Attributes:
-    ops: The entry computation's instructions (Op), in order.
-    num_dots: dot instructions in all computations (fused ones included).
-  """
-
-  def __init__(self, text: str, mesh: jax.sharding.Mesh):
-    self.mesh = mesh
-    self.num_dots = len(re.findall(r' dot\(', text))
-    entry = text[text.index('\nENTRY ') + 1:]
-    entry = entry[: entry.index('\n}')]
-    self.ops = []
-    for line in entry.splitlines()[1:]:
-      name, rest = line.strip().removeprefix('ROOT ').split(' = ', 1)
-      dims = re.match(r'\w+\[([\d,]*)\]', rest)
-      # Skip the result type (a tuple type has spaces) to the opcode.
-      if rest.startswith('('):
-        rest = rest[_closing(rest, 0) + 1:].lstrip()
-      else:
-        rest = rest.split(' ', 1)[1]
-      start = rest.index('(')
-      self.ops.append(Op(
-          name=name.lstrip('%'),
-          opcode=rest[:start],
-          dims=(tuple(int(x) for x in dims.group(1).split(',') if x)
-                if dims else None),
-          operands=re.findall(r'%([\w.\-]+)',
-                              rest[start: _closing(rest, start) + 1]),
-          line=line,
-      ))
-    self._by_name = {op.name: op for op in self.ops}
-
-  def _coords(self, partition):
-    return np.unravel_index(partition, self.mesh.devices.shape)
-
-  def collectives(self):
-    """{(kind, mesh axes its groups span, result dims): count}, no permutes."""
-    found = collections.Counter()
-    for op in self.ops:
-      kind = op.opcode.removesuffix('-start')
-      if kind not in ('all-gather', 'all-reduce', 'reduce-scatter',
-                      'all-to-all', 'collective-broadcast'):
-        continue
-      axes = set()
-      for group in _pairs('replica_groups', op.line):
-        coords = np.array([self._coords(p) for p in group])
-        axes |= {AXES[k] for k in range(len(AXES))
-                 if len(set(coords[:, k])) > 1}
-      found[(kind, tuple(sorted(axes)), op.dims)] += 1
-    return dict(found)
-
-  def permutes(self):
-    """[(name, dims, steps)] of the collective-permutes.
-
-    steps: the set of model-axis offsets of its source -> target pairs, +1
-    (to the right neighbour) or -1 (left); other offsets, or pairs across
-    the data axis, appear as such.
-    """
-    m = self.mesh.shape['model']
-    out = []
-    for op in filter(_is_permute, self.ops):
-      steps = set()
-      for s, t in _pairs('source_target_pairs', op.line):
-        cs, ct = self._coords(s), self._coords(t)
-        if cs[0] != ct[0]:
-          steps.add('across data')
-        else:
-          diff = (ct[1] - cs[1]) % m
-          steps.add(+1 if diff == 1 else -1 if diff == m - 1 else diff)
-      out.append((op.name, op.dims, steps))
-    return out
-
-  def upstream(self, name, pred):
-    """Number of ops satisfying `pred` that op `name` depends on."""
-    seen, stack = set(), list(self._by_name[name].operands)
-    while stack:
-      n = stack.pop()
-      if n in seen or n not in self._by_name:
-        continue
-      seen.add(n)
-      stack.extend(self._by_name[n].operands)
-    return sum(1 for n in seen if pred(self._by_name[n]))
-
-  def dots(self):
-    return [op.name for op in self.ops if _is_dot(op)]
-
-
 def _hlo(mesh, f, *args):
   with mesh:
-    return Hlo(jax.jit(f).lower(*args).compile().as_text(), mesh)
+    return hlo_text.Hlo(jax.jit(f).lower(*args).compile().as_text(), mesh)
 
 
 CASES = [
@@ -317,12 +185,12 @@ class CollectiveMatmulTest(parameterized.TestCase):
     self.assertLen(hlo.dots(), hlo.num_dots)  # none hidden in fusions
     rounds = range(1, m // 2 + 1)
     if op == 'ag':
-      got = sorted(hlo.upstream(d, _is_permute) for d in hlo.dots())
+      got = sorted(hlo.upstream(d, hlo_text.is_permute) for d in hlo.dots())
       want = ([0] + [r for r in rounds for _ in range(2)] if bidirectional
               else list(range(m)))
     else:
       got = sorted(
-          hlo.upstream(name, _is_dot) for name, _, _ in hlo.permutes()
+          hlo.upstream(name, hlo_text.is_dot) for name, _, _ in hlo.permutes()
       )
       want = ([r for r in rounds for _ in range(2)] if bidirectional
               else list(range(1, m)))
@@ -374,7 +242,7 @@ class CollectiveMatmulTest(parameterized.TestCase):
     lhs, rhs, _ = _operands(op)
     out = NamedSharding(mesh, SPECS[op]['out'])
     with mesh:
-      hlo = Hlo(jax.jit(_plain(op), out_shardings=out).lower(
+      hlo = hlo_text.Hlo(jax.jit(_plain(op), out_shardings=out).lower(
           *_put(mesh, op, lhs, rhs)).compile().as_text(), mesh)
     whole = {
         'ag': ('all-gather', ('model',), (B // 2, T, D)),
@@ -575,7 +443,7 @@ class PraxisLayerTest(parameterized.TestCase):
       xs = jax.device_put(x, NamedSharding(mesh, P('data', None, 'model')))
       got = jax.jit(jax.value_and_grad(lambda v, x: loss(layers[1], v, x),
                                        argnums=(0, 1)))(v, xs)
-      hlo = Hlo(jax.jit(lambda v, x: loss(layers[1], v, x)).lower(
+      hlo = hlo_text.Hlo(jax.jit(lambda v, x: loss(layers[1], v, x)).lower(
           v, xs).compile().as_text(), mesh)
     want = jax.value_and_grad(lambda v, x: loss(layers[0], v, x),
                               argnums=(0, 1))(variables, x)
