@@ -99,4 +99,37 @@ def without_registry_lines() -> Iterator[None]:
       filtered.flush()
 
 
+def resolve_experiment(name: str):
+  """Returns the experiment class named `name` (full or class name).
+
+  Raises:
+    absl.app.UsageError: no such experiment (names the closest).
+  """
+  # Imported here: --help stays fast (paxml imports TensorFlow and lingvo).
+  # pylint: disable=g-import-not-at-top
+  from absl import app
+  from paxml import experiment_registry
+  from vit22b_pax import knobs
+
+  with without_registry_lines():
+    from vit22b_pax import experiments
+
+    if '.' in name:
+      __import__(name.rsplit('.', 1)[0])
+  # pylint: enable=g-import-not-at-top
+  if '.' in name:
+    cls = experiment_registry.get(name)
+  else:
+    cls = experiments.registered().get(name)
+  if cls is None:
+    names = sorted(experiments.registered())
+    close = knobs.closest_name(name.rsplit('.', 1)[-1], names)
+    raise app.UsageError(
+        f'Unknown experiment {name!r}'
+        + (f'; did you mean {close!r}?' if close else '')
+        + f' Registered: {", ".join(names)}'
+    )
+  return cls
+
+
 silence_startup()

@@ -45,32 +45,6 @@ _LIST_KNOBS = flags.DEFINE_bool(
 )
 
 
-def resolve_experiment(name: str):
-  """Returns the experiment class named `name` (full or class name)."""
-  # Imported here: --help stays fast (paxml imports TensorFlow and lingvo).
-  from paxml import experiment_registry  # pylint: disable=g-import-not-at-top
-  from vit22b_pax import knobs  # pylint: disable=g-import-not-at-top
-
-  with tools.without_registry_lines():
-    from vit22b_pax import experiments  # pylint: disable=g-import-not-at-top
-
-    if '.' in name:
-      __import__(name.rsplit('.', 1)[0])
-  if '.' in name:
-    cls = experiment_registry.get(name)
-  else:
-    cls = experiments.registered().get(name)
-  if cls is None:
-    names = sorted(experiments.registered())
-    close = knobs.closest_name(name.rsplit('.', 1)[-1], names)
-    raise app.UsageError(
-        f'Unknown experiment {name!r}'
-        + (f'; did you mean {close!r}?' if close else '')
-        + f' Registered: {", ".join(names)}'
-    )
-  return cls
-
-
 def summarize(
     exp: Any,
     tokens_per_sec_per_chip: float | None = None,
@@ -170,7 +144,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('--exp is required.')
   from vit22b_pax import knobs  # pylint: disable=g-import-not-at-top
 
-  exp = resolve_experiment(_EXP.value)()
+  exp = tools.resolve_experiment(_EXP.value)()
 
   # The same code path as `paxml.main --fdl_config=... --fdl.KNOB=value`.
   fdl_flags.apply_overrides_to(exp)
