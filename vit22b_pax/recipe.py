@@ -57,3 +57,6 @@ TPU_POD_MESH_SHAPE = (64, 16)
 # bfloat16 peak of one TPUv4 chip (Google Cloud TPU v4 specification); the
 # paper's 54.9% MFU is measured against it.
 TPU_V4_PEAK_FLOPS = 275e12
+# paper, Sec. 3: ViT-22B trains at 54.9% model FLOPs utilization on TPUv4
+# (docs/recipe.md derives it; vit22b_pax.plan assumes it by default).
+PAPER_MFU = 0.549
