@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import glob
 import math
 import os
 import re
 import tempfile
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 from jax import ad_checkpoint
@@ -84,7 +85,7 @@ class Chip:
 
 
 # Checked against the pages named (TPU pages directly; NVIDIA's datasheets
-# through copies of their tables) in November 2026.
+# through copies of their tables).
 CHIPS = {
     'tpu-v4': Chip(
         'TPU v4', 32 * GIB, 275e12, 'https://cloud.google.com/tpu/docs/v4'
@@ -334,8 +335,13 @@ def _block_tensors(exp: Any, model_axis: int) -> list[list[_Tensor]]:
   ]
 
 
-def _primitive_of(fn) -> Any:
-  return jax.make_jaxpr(fn)(jnp.zeros((2, 2), jnp.float32)).eqns[0].primitive
+@functools.cache
+def _name_primitive() -> Any:
+  """checkpoint_name's primitive (not public in jax: traced to get it)."""
+  jaxpr = jax.make_jaxpr(
+      lambda x: ad_checkpoint.checkpoint_name(x, 'probe')
+  )(0.0)
+  return jaxpr.eqns[0].primitive
 
 
 def _saved(tensor: _Tensor, policy_type: Any) -> bool:
@@ -345,18 +351,15 @@ def _saved(tensor: _Tensor, policy_type: Any) -> bool:
   if not tensor.saveable:
     return False
   policy = checkpoint_policy.custom_policy(policy_type)
-  if tensor.name in _NAMED:
-    name_p = _primitive_of(
-        lambda x: ad_checkpoint.checkpoint_name(x, 'probe')
-    )
-    if policy(name_p, name=tensor.name):
-      return True
+  if tensor.name in _NAMED and policy(_name_primitive(), name=tensor.name):
+    return True
   if tensor.dot:
     batch = ((0,), (0,)) if tensor.dot == 'batch' else ((), ())
     dims = (((1,), (1,)), batch)
     return bool(policy(jax.lax.dot_general_p, dimension_numbers=dims,
                        precision=None, preferred_element_type=None))
-  return bool(policy(None))
+  # Other values: only the save-everything policy keeps them.
+  return policy_type == checkpoint_policy.AutodiffCheckpointType.SAVE_EVERYTHING
 
 
 def _policy_type(exp: Any, remat_policy: str | None) -> Any:
@@ -381,8 +384,7 @@ def _gathered_matrix_bytes(
       continue
     if len(leaf.shape) < 2:
       continue
-    split = shard_bytes(leaf, {'data': 1, 'model': model_axis})
-    total += split
+    total += shard_bytes(leaf, {'data': 1, 'model': model_axis})
   return total // num_layers
 
 
