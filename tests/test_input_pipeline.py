@@ -18,6 +18,7 @@ from vit22b_pax.input import data_format
 from vit22b_pax.input import hierarchy
 from vit22b_pax.input import praxis_input
 from vit22b_pax.input import preprocessing
+from vit22b_pax.input import resumable
 from vit22b_pax.input import stats
 from vit22b_pax.input import tasks
 from vit22b_pax.input import writer
@@ -283,26 +284,37 @@ class PipelineTest(parameterized.TestCase):
     self.assertFalse(all(np.array_equal(x.labels, y.labels)
                          for x, y in zip(a, c)))
 
-  def test_train_skips_and_counts_bad_records(self):
+  def test_train_bad_records_keep_their_slots_with_weight_0(self):
     stats_dir = os.path.join(self._tmp.name, 'job')
     inp = _input(self.bad, 'train', batch_size=1, shuffle_buffer_size=1,
                  stats_dir=stats_dir)
-    good = [i for i in range(10) if i not in BAD_POSITIONS]
     ids, counts = [], []
-    for _ in range(2 * len(good) + 1):
-      ids.append(_index_of(inp.get_next().image[0]))
+    for n in range(18):
+      b = inp.get_next()
+      if b.weight[0] == 0:
+        ids.append(None)
+        np.testing.assert_array_equal(b.image, 0.0)
+        np.testing.assert_array_equal(b.labels, 0.0)
+      else:
+        ids.append(_index_of(b.image[0]))
+        np.testing.assert_array_equal(b.labels[0], _want_labels(ids[-1]))
       counts.append(inp.num_bad_records)
-    self.assertEqual(ids, good + good + good[:1])
-    # Bad records 2 and 5 precede good record 6; 9 is counted when the
-    # second epoch's first record arrives.
-    self.assertEqual(counts, [0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 5, 5, 6])
-    # The stats file is written at counts 1, 2, 4, ... and on request.
+      if n == 14:
+        # The stats file is written at counts 1, 2, 4, 8, ...
+        self.assertEqual(stats.read_input_stats(stats_dir), {'train': 4})
+    # One file, blocks of 1: the records in file order, epoch after epoch;
+    # a bad record's slot is a weight-0 example, so nothing moves.
+    want = [None if i in BAD_POSITIONS else i for i in range(10)]
+    self.assertEqual(ids, want + want[:8])
+    # A bad record is counted when the next good record arrives.
+    self.assertEqual(
+        counts, [0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5])
     self.assertEqual(stats.read_input_stats(stats_dir), {'train': 4})
     inp.write_stats()
-    self.assertEqual(stats.read_input_stats(stats_dir), {'train': 6})
+    self.assertEqual(stats.read_input_stats(stats_dir), {'train': 5})
     path = os.path.join(stats_dir, 'input_stats', 'train.host0.json')
     with open(path) as f:
-      self.assertEqual(json.load(f)['num_bad_records'], 6)
+      self.assertEqual(json.load(f)['num_bad_records'], 5)
 
   def test_eval_drops_and_counts_bad_records(self):
     inp = _input(self.bad, batch_size=4)
@@ -369,6 +381,131 @@ class PipelineTest(parameterized.TestCase):
     self.assertEqual(spec['weight'].shape, (3,))
     self.assertEqual(sorted(inp.get_next().keys()),
                      ['image', 'labels', 'weight'])
+
+
+def _textured_png(index):
+  """A random 8 x 8 texture: crops and flips of it differ."""
+  rgb = np.random.default_rng(index).integers(0, 256, (SRC_SIZE, SRC_SIZE, 3))
+  buf = io.BytesIO()
+  Image.fromarray(rgb.astype(np.uint8)).save(buf, 'PNG')
+  return buf.getvalue()
+
+
+NUM_TEXTURED = 23  # 3 shards, round robin: 8 + 8 + 7 records.
+
+
+class TrainPositionTest(parameterized.TestCase):
+  """Training batches are a function of (seed, step, slices), not of hosts
+  or restarts: resumed and host-sliced inputs against one reference."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls._tmp = tempfile.TemporaryDirectory()
+    cls.data = os.path.join(cls._tmp.name, 'textured')
+    with writer.SplitWriter(cls.data, 'train', 3, _classes()) as w:
+      for i in range(NUM_TEXTURED):
+        w.write(_textured_png(i), _labels_of(i), f'r{i}')
+      w.finish()
+    cls.runs = 0
+
+  @classmethod
+  def tearDownClass(cls):
+    cls._tmp.cleanup()
+    super().tearDownClass()
+
+  def _batches(self, num, start=0, **kwargs):
+    """(batches, ids per batch) of a training input started at `start`."""
+    type(self).runs += 1
+    log_dir = os.path.join(self._tmp.name, f'ids{self.runs}')
+    p = praxis_input.MultiLabelImageInput.config(
+        data_dir=self.data, split='train', image_size=SIZE,
+        num_classes=NUM_CLASSES, is_training=True, crop_min_area=0.3,
+        stats_dir='', input_random_seed=5, log_example_ids=True,
+        id_log_dir=log_dir, **kwargs)
+    p.deterministic_input_start_index._latest_model_step = start
+    inp = base_hyperparams.instantiate(p)
+    batches = [inp.get_next() for _ in range(num)]
+    ids = resumable.read_id_log(os.path.join(
+        log_dir, 'input_ids', f'train.host{inp.infeed_host_index}.jsonl'))
+    self.assertEqual(sorted(ids), list(range(start, start + num)))
+    return batches, [ids[i] for i in sorted(ids)]
+
+  def _assert_same(self, got, want):
+    for key in ('image', 'labels', 'weight'):
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+  @parameterized.parameters(1, 2, 4)
+  def test_restart_continues_the_stream(self, slices):
+    # Blocks of 3 records and epochs of 23 (K=1), 16 + 7 (K=2: whole
+    # files) or 6 + 6 + 6 + 5 (K=4: every 4th record): the starts below
+    # land mid-block, on block edges and across epochs.
+    kwargs = dict(batch_size=4, num_input_slices=slices,
+                  shuffle_buffer_size=3)
+    ref, ref_ids = self._batches(16, **kwargs)
+    for start in (1, 3, 7, 10):
+      got, got_ids = self._batches(4, start=start, **kwargs)
+      self.assertEqual(got_ids, ref_ids[start:start + 4])
+      for g, r in zip(got, ref[start:]):
+        self._assert_same(g, r)  # Augmentation included.
+    # Every example of the epoch once, then the next epoch.
+    per_slice = [[] for _ in range(slices)]
+    rows = 4 // slices
+    for step_ids in ref_ids:
+      for k in range(slices):
+        per_slice[k] += step_ids[k * rows:(k + 1) * rows]
+    counts = praxis_input.records_per_host([8, 8, 7], slices)
+    everything = []
+    for k, seen in enumerate(per_slice):
+      n = counts[k]
+      epoch0, epoch1 = seen[:n], seen[n:2 * n]
+      self.assertLen(set(epoch0), n)
+      self.assertCountEqual(epoch1, epoch0)
+      self.assertNotEqual(epoch1, epoch0)  # Reshuffled per epoch.
+      everything += epoch0
+    self.assertCountEqual(everything, [f'r{i}' for i in range(NUM_TEXTURED)])
+
+  @parameterized.parameters((4, 2), (4, 4), (2, 2))
+  def test_hosts_hold_their_rows_of_the_global_batch(self, slices, hosts):
+    kwargs = dict(num_input_slices=slices, shuffle_buffer_size=5)
+    ref, ref_ids = self._batches(8, batch_size=8, **kwargs)
+    start = 3  # Hosts restarted at step 3, too.
+    per_host = [
+        self._batches(5, start=start, batch_size=8 // hosts,
+                      num_infeed_hosts=hosts, infeed_host_index=h, **kwargs)
+        for h in range(hosts)
+    ]
+    for i in range(5):
+      # Together the one-host global batch, row for row.
+      host_ids = [ids[i] for _, ids in per_host]
+      self.assertEqual(sum(host_ids, []), ref_ids[start + i])
+      for key in ('image', 'labels'):
+        np.testing.assert_array_equal(
+            np.concatenate([b[i][key] for b, _ in per_host]),
+            ref[start + i][key])
+    if slices <= 3:
+      # Whole files per slice: each host reads its own records, always.
+      # (Record-level slices partition each epoch, whose file order
+      # changes: test_train_hosts_disjoint_and_complete.)
+      seen = [set(sum(ids, [])) for _, ids in per_host]
+      self.assertEqual(sum(map(len, seen)), len(set().union(*seen)))
+
+  def test_slice_errors_name_the_setting(self):
+    base = dict(data_dir=self.data, split='train', image_size=SIZE,
+                num_classes=NUM_CLASSES, is_training=True, stats_dir='')
+    cases = (
+        (dict(batch_size=4, num_infeed_hosts=2, num_input_slices=3),
+         'num_input_slices=3 must be a positive multiple of the 2 hosts'),
+        (dict(batch_size=3, num_input_slices=2),
+         'num_input_slices=2 does not divide the global batch 3'),
+        (dict(batch_size=32, num_input_slices=32),
+         r"Split 'train' of .* has 23 records in 3 shards: too few for"
+         r' num_input_slices=32 \(slice 23 gets none\)'),
+    )
+    for kwargs, message in cases:
+      with self.assertRaisesRegex(ValueError, message):
+        base_hyperparams.instantiate(
+            praxis_input.MultiLabelImageInput.config(**base, **kwargs))
 
 
 if __name__ == '__main__':

@@ -90,6 +90,14 @@ class ViTExperiment(knobs.KnobbedExperiment):
   TRAIN_SPLIT: str = 'train'
   EVAL_SPLIT: str = 'eval'
   INPUT_SEED: int = 1234
+  # TFRecord training reads INPUT_SLICES disjoint slices of the shards, each
+  # feeding its rows of every global batch (input/praxis_input.py): the
+  # batches depend on the seed and this, not on the number of hosts it
+  # divides. None: one slice per host.
+  INPUT_SLICES: int | None = None
+  # Each host appends every training batch's example ids to
+  # <job_log_dir>/input_ids/train.host<k>.jsonl (input/resumable.py).
+  LOG_EXAMPLE_IDS: bool = False
 
   # --- Optimization.
   NUM_TRAIN_STEPS: int = recipe.NUM_TRAIN_STEPS
@@ -272,6 +280,16 @@ class ViTExperiment(knobs.KnobbedExperiment):
           f'GLOBAL_BATCH_SIZE={self.GLOBAL_BATCH_SIZE} is not divisible by '
           f'the {jax.process_count()} processes (hosts).'
       )
+    if self.INPUT_SLICES is not None and (
+        self.INPUT_SLICES <= 0
+        or self.INPUT_SLICES % jax.process_count()
+        or self.GLOBAL_BATCH_SIZE % self.INPUT_SLICES
+    ):
+      errors.append(
+          f'INPUT_SLICES={self.INPUT_SLICES} must be a positive multiple of '
+          f'the {jax.process_count()} processes (hosts) and divide '
+          f'GLOBAL_BATCH_SIZE={self.GLOBAL_BATCH_SIZE}.'
+      )
     if self.WARMUP_STEPS + self.COOLDOWN_STEPS > self.NUM_TRAIN_STEPS:
       errors.append(
           f'WARMUP_STEPS={self.WARMUP_STEPS} + COOLDOWN_STEPS='
@@ -403,6 +421,7 @@ class ViTExperiment(knobs.KnobbedExperiment):
         num_classes=self.NUM_CLASSES,
         reset_for_eval=not is_training,
         eval_loop_num_batches=self.EVAL_NUM_BATCHES,
+        log_example_ids=self.LOG_EXAMPLE_IDS and is_training,
     )
     if self.DATA_SOURCE == 'synthetic':
       return pax_fiddle.Config(
@@ -418,6 +437,7 @@ class ViTExperiment(knobs.KnobbedExperiment):
         expand_hierarchy=self.EXPAND_HIERARCHY,
         crop_min_area=self.CROP_MIN_AREA,
         input_random_seed=self.INPUT_SEED,
+        num_input_slices=self.INPUT_SLICES,
         **common,
     )
 

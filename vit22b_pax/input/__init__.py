@@ -9,6 +9,7 @@ hierarchy, a dataset info file) is described in data/README.md. Modules:
   preprocessing TF ops: decode, hierarchy expansion, multi-hot, crops
   tasks         the registered seqio Task of a dataset directory
   praxis_input  the praxis BaseInput the experiments' datasets() use
+  resumable     global batches started at the restored step, host rows
   synthetic     in-memory synthetic images and the input specs (no files)
   writer        sharded TFRecord writer used by the converters
   converters    CSV and Open Images layouts -> the format

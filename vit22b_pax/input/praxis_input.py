@@ -4,28 +4,59 @@
 
   image:  float32 [B, S, S, 3], values in [-1, 1]
   labels: float32 [B, C] multi-hot (ancestors included if expand_hierarchy)
-  weight: float32 [B], 1.0 for real examples, 0.0 for eval padding
+  weight: float32 [B], 1.0 for real examples, 0.0 for eval padding and for
+          training records that failed to decode
 
-B is the per-host batch_size. Data comes from the registered seqio Task of
-the directory (vit22b_pax.input.tasks).
+B is the per-host batch_size. Examples are decoded and preprocessed by the
+functions of the directory's seqio Task (vit22b_pax.input.tasks).
 
-Multi-host: each host reads its own part of the split, via seqio's
-ShardInfo(infeed_host_index, num_infeed_hosts): whole shard files when there
-are at least as many files as hosts, else every num_infeed_hosts-th record
-(then all hosts share one seed, so they order the records alike; give a
-split at least as many shards as hosts). Training repeats and shuffles
-forever, seeded per host. Evaluation reads each record exactly once across
-hosts; every host yields the same number of batches (from the shards'
-record counts, no communication), filled with its records and then with
-weight-0 padding; then get_next() raises StopIteration and reset() starts
-the next pass. If a split holds more records than dataset_info.json says,
-the pass fails instead of dropping any.
+Training is deterministic, resumable and host-sliced (resumable.py): the
+global batches depend only on the seed and the number of input slices K
+(`num_input_slices`, default one per host), not on the number of hosts
+or on restarts.
 
-Records that fail to decode are skipped and counted (see
-preprocessing.decode_records). The per-host count is `num_bad_records`; it
-is logged and written to <stats_dir>/input_stats/<name>.host<k>.json
-(stats_dir defaults to paxml's --job_log_dir) when it reaches 1, 2, 4, 8,
-..., at the end of each eval pass and at exit, for the run summary.
+  * Slices. Slice k of K reads shard files k, k + K, ... when there are at
+    least K files, else every K-th record (k, k + K, ...) of all files:
+    the slices partition the split. Slice k feeds rows [k * B / K,
+    (k + 1) * B / K) of every global batch, so host h of H reads slices
+    [h * K / H, (h + 1) * K / H), a disjoint and complete part of the shards.
+  * Order. Each slice repeats its records epoch after epoch; epoch e reads
+    the slice's files in a seeded order (shared by the slices when they
+    split records) and shuffles the raw, undecoded records in blocks of
+    `shuffle_buffer_size`, each block by a permutation seeded with (slice,
+    epoch, block). Augmentation (inception crop, flip) is seeded with
+    (slice, position in the slice), not with a running random stream.
+  * Resume. The slice position at step s is s * B / K, so a run restored
+    at step s opens each slice there: whole files are skipped by their
+    record counts (dataset_info.json), then at most one file's and one
+    block's raw records are read and dropped; nothing is decoded twice.
+  * Bad records. A record that fails to decode (see
+    preprocessing.decode_records) keeps its slot as a weight-0 example
+    (zero image, no labels), which the loss and metrics ignore; so the
+    position of every later example does not depend on which records are
+    bad. This was a skip before: a skip shifts every later example by one,
+    and the shift cannot be recomputed on restart without decoding
+    everything before the restored position.
+
+The shuffle is a block shuffle of raw records after a per-epoch file
+shuffle (the price of exact positioning without reading the past): write
+shards with examples in random order (the converters and the shapes
+generator do), or the examples of a block come from one or two files.
+
+Evaluation reads each record exactly once across hosts (seqio's
+ShardInfo(infeed_host_index, num_infeed_hosts): whole files when there are
+at least as many as hosts, else every num_infeed_hosts-th record); every
+host yields the same number of batches (from the shards' record counts, no
+communication), filled with its records and then with weight-0 padding;
+then get_next() raises StopIteration and reset() starts the next pass. If
+a split holds more records than dataset_info.json says, the pass fails
+instead of dropping any.
+
+The per-host count of records that failed to decode is `num_bad_records`
+(in training, since this process started); it is logged and written to
+<stats_dir>/input_stats/<name>.host<k>.json (stats_dir defaults to paxml's
+--job_log_dir) when it reaches 1, 2, 4, 8, ..., at the end of each eval
+pass and at exit, for the run summary.
 """
 
 from __future__ import annotations
@@ -38,15 +69,15 @@ import os
 from typing import Any
 import weakref
 
-from absl import flags
 from absl import logging
 import numpy as np
-from praxis import base_input
 from praxis import py_utils
 import seqio
 import tensorflow as tf
 
 from vit22b_pax.input import data_format
+from vit22b_pax.input import preprocessing
+from vit22b_pax.input import resumable
 from vit22b_pax.input import stats
 from vit22b_pax.input import tasks
 
@@ -78,16 +109,72 @@ def _write_stats_at_exit(ref: weakref.ref) -> None:
     inp.write_stats()
 
 
-def _host_seed(seed: int, host: int) -> int:
-  """A well-mixed per-host seed (hosts must not share augmentation seeds)."""
-  return int(np.random.SeedSequence([seed, host]).generate_state(1)[0] >> 1)
+def _mix(*entropy: int | str) -> int:
+  """A well-mixed non-negative int63 seed from ints and strings."""
+  words = [
+      int.from_bytes(e.encode(), 'little') if isinstance(e, str) else int(e)
+      for e in entropy
+  ]
+  return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]
+             >> np.uint64(1))
 
 
-class MultiLabelImageInput(base_input.BaseInput):
+@dataclasses.dataclass(frozen=True)
+class InputSlice:
+  """The records of one training input slice (see the module docstring).
+
+  Attributes:
+    index: k, in [0, K).
+    files: The slice's shard paths (all of them when slices split records).
+    counts: Records in each of `files`.
+    stride: K when slices split records, else 1: the slice reads every
+      stride-th record of its files' concatenation, from the `phase`-th.
+    phase: k when slices split records, else 0.
+    num_records: Records per epoch of this slice.
+    file_seed: Seed of the per-epoch file order.
+  """
+
+  index: int
+  files: tuple[str, ...]
+  counts: tuple[int, ...]
+  stride: int
+  phase: int
+  num_records: int
+  file_seed: int
+
+
+def input_slices(
+    files: list[str], counts: list[int], num_slices: int, seed: int
+) -> list[InputSlice]:
+  """The K slices of a split's shards (files sorted, counts per file)."""
+  per_slice = records_per_host(counts, num_slices)
+  if len(files) >= num_slices:
+    return [
+        InputSlice(k, tuple(files[k::num_slices]),
+                   tuple(counts[k::num_slices]), 1, 0, per_slice[k],
+                   _mix(seed, 'files', k))
+        for k in range(num_slices)
+    ]
+  # Record level: every slice must read the files in the same order.
+  return [
+      InputSlice(k, tuple(files), tuple(counts), num_slices, k, per_slice[k],
+                 _mix(seed, 'files'))
+      for k in range(num_slices)
+  ]
+
+
+def _full_range_int64(shape, seed) -> tf.Tensor:
+  return tf.random.stateless_uniform(
+      shape, seed=seed, minval=None, maxval=None, dtype=tf.int64
+  )
+
+
+class MultiLabelImageInput(resumable.ResumableInput):
   """Batches of a multi-label image dataset directory (see module docstring).
 
   The seed of shuffling and augmentation is BaseInput.input_random_seed
-  (None means 0), so a run is reproducible for a given seed.
+  (None means 0): the training batches are a function of the seed, the
+  global batch size and num_input_slices.
 
   Attributes:
     data_dir: Dataset directory (shards, classes.tsv, dataset_info.json).
@@ -97,8 +184,11 @@ class MultiLabelImageInput(base_input.BaseInput):
     expand_hierarchy: Expand every label to all its ancestors.
     crop_min_area: Smallest inception-crop area fraction (training).
     eval_crop_fraction: Central-crop fraction of the evaluation view.
-    shuffle_buffer_size: Examples in the training shuffle buffer (decoded
-      float32 images: 1000 at 224 px is ~600 MB).
+    shuffle_buffer_size: Raw (undecoded) records per training shuffle block
+      (each slice holds one block: ~100 MB at 1000 ~100 KB JPEGs).
+    num_input_slices: K, the number of training input slices; None: one
+      per host. A multiple of the number of hosts dividing the global batch;
+      the same K gives the same batches on any host count dividing it.
     stats_dir: Where to write input_stats/<name>.host<k>.json; None uses
       paxml's --job_log_dir when it is set, '' disables.
     reset_for_eval: (BaseInput) eval runs one pass per eval; default True.
@@ -113,6 +203,7 @@ class MultiLabelImageInput(base_input.BaseInput):
   crop_min_area: float = 0.05
   eval_crop_fraction: float = 0.875
   shuffle_buffer_size: int = 1000
+  num_input_slices: int | None = None
   stats_dir: str | None = None
   reset_for_eval: bool = True
   eval_loop_num_batches: int = -1
@@ -125,6 +216,7 @@ class MultiLabelImageInput(base_input.BaseInput):
   _num_batches: Any = dataclasses.field(init=False, repr=False)
   _real_emitted: Any = dataclasses.field(init=False, repr=False)
   _stats_path: Any = dataclasses.field(init=False, repr=False)
+  _next_batch: Any = dataclasses.field(init=False, repr=False)
 
   def __post_init__(self):
     if not self.name:
@@ -134,24 +226,25 @@ class MultiLabelImageInput(base_input.BaseInput):
     data_format.validate_data_dir(
         self.data_dir, self.num_classes, splits=(self.split,)
     )
-    self._task_name = tasks.register_task(
-        self.data_dir,
-        self.image_size,
-        self.num_classes,
-        expand_hierarchy=self.expand_hierarchy,
-        augment=self.is_training,
-        crop_min_area=self.crop_min_area,
-        eval_crop_fraction=self.eval_crop_fraction,
-    )
+    self._task_name = None
     self._num_bad = 0
     self._next_report = 1
     self._real_emitted = 0
     self._local_records = None
     self._num_batches = None
+    self._next_batch = self.start_batch
     self._stats_path = self._resolve_stats_path()
     if self.is_training:
       self._ds = self._train_dataset()
     else:
+      self._task_name = tasks.register_task(
+          self.data_dir,
+          self.image_size,
+          self.num_classes,
+          expand_hierarchy=self.expand_hierarchy,
+          augment=False,
+          eval_crop_fraction=self.eval_crop_fraction,
+      )
       self._ds = self._eval_dataset()
     self.dataset = self._ds.map(
         lambda b: NestedMap({k: b[k] for k in _BATCH_KEYS})
@@ -178,15 +271,28 @@ class MultiLabelImageInput(base_input.BaseInput):
           'eval_crop_fraction must be in (0, 1], got'
           f' {self.eval_crop_fraction}.'
       )
-    if not 0 <= self.infeed_host_index < self.num_infeed_hosts:
+    k, hosts = self.num_slices, self.num_infeed_hosts
+    if k <= 0 or k % hosts:
       raise ValueError(
-          f'infeed_host_index {self.infeed_host_index} is not in [0,'
-          f' num_infeed_hosts={self.num_infeed_hosts}).'
+          f'num_input_slices={k} must be a positive multiple of the'
+          f' {hosts} hosts.'
+      )
+    if self.batch_size % (k // hosts):
+      raise ValueError(
+          f'num_input_slices={k} does not divide the global batch'
+          f' {self.global_batch_size} into equal parts per slice'
+          f' ({k // hosts} slices per host, per-host batch'
+          f' {self.batch_size}).'
+      )
+    if self.shuffle_buffer_size <= 0:
+      raise ValueError(
+          f'shuffle_buffer_size must be positive, got'
+          f' {self.shuffle_buffer_size}.'
       )
 
   @property
-  def task_name(self) -> str:
-    """Name of the seqio Task this input reads."""
+  def task_name(self) -> str | None:
+    """Name of the seqio Task eval reads (None in training: see above)."""
     return self._task_name
 
   @property
@@ -208,34 +314,16 @@ class MultiLabelImageInput(base_input.BaseInput):
     """Eval records this host reads per pass (before dropping bad ones)."""
     return self._local_records
 
+  @property
+  def num_slices(self) -> int:
+    """K: training input slices (num_input_slices, default one per host)."""
+    return self.num_input_slices or self.num_infeed_hosts
+
   def _shard_info(self) -> seqio.ShardInfo | None:
     if self.num_infeed_hosts == 1:
       return None
     return seqio.ShardInfo(
         index=self.infeed_host_index, num_shards=self.num_infeed_hosts
-    )
-
-  def _dataset_seed(self) -> int:
-    """Seed of file order, shuffling and augmentation on this host."""
-    num_files = len(data_format.list_shards(self.data_dir, self.split))
-    if num_files < self.num_infeed_hosts:
-      # Record-level sharding: every host must read the files in the same
-      # (seeded) order, or the hosts' every-N-th records would overlap.
-      return self.seed
-    return _host_seed(self.seed, self.infeed_host_index)
-
-  def _get_task_dataset(self, training: bool) -> tf.data.Dataset:
-    task = seqio.get_mixture_or_task(self._task_name)
-    return task.get_dataset(
-        sequence_length=None,
-        split=self.split,
-        shuffle=training,
-        shuffle_buffer_size=self.shuffle_buffer_size if training else None,
-        seed=self._dataset_seed(),
-        shard_info=self._shard_info(),
-        num_epochs=None if training else 1,
-        trim_output_features=False,
-        try_in_mem_cache=False,
     )
 
   @staticmethod
@@ -247,10 +335,149 @@ class MultiLabelImageInput(base_input.BaseInput):
         'num_bad_records': ex['num_bad_records'],
     }
 
+  # ---- Training: K slices of raw records, positioned at the start step.
+
+  def train_slices(self) -> list[InputSlice]:
+    """The K training input slices of the split (all hosts')."""
+    files = data_format.list_shards(self.data_dir, self.split)
+    counts = data_format.shard_record_counts(self.data_dir, self.split)
+    slices = input_slices(files, counts, self.num_slices, self.seed)
+    for sl in slices:
+      if not sl.num_records:
+        raise ValueError(
+            f'Split {self.split!r} of {self.data_dir} has {sum(counts)}'
+            f' records in {len(files)} shards: too few for'
+            f' num_input_slices={self.num_slices} (slice {sl.index} gets'
+            ' none).'
+        )
+    return slices
+
+  def _slice_records(self, sl: InputSlice, start: int) -> tf.data.Dataset:
+    """Raw records of slice `sl` in its order, from slice position `start`."""
+    n, w = sl.num_records, self.shuffle_buffer_size
+    first_epoch, offset = divmod(start, n)
+    first_block, first_skip = divmod(offset, w)
+    paths = tf.constant(sl.files)
+    counts = tf.constant(sl.counts, tf.int64)
+    block_seed = _mix(self.seed, 'blocks', sl.index)
+
+    def epoch(e):
+      first = tf.equal(e, first_epoch)
+      start_block = tf.where(first, tf.constant(first_block, tf.int64), 0)
+      skip = tf.where(first, tf.constant(first_skip, tf.int64), 0)
+      order = tf.argsort(
+          _full_range_int64([len(sl.files)], [sl.file_seed, e]), stable=True
+      )
+      ordered_counts = tf.gather(counts, order)
+      # The first record to read: slice record start_block * w, at this
+      # index of the concatenation of the ordered files.
+      begin = start_block * w * sl.stride + sl.phase
+      ends = tf.cumsum(ordered_counts)
+      file0 = tf.reduce_sum(tf.cast(ends <= begin, tf.int64))
+      in_file = begin - (ends[file0] - ordered_counts[file0])
+      records = tf.data.Dataset.from_tensor_slices(
+          tf.gather(paths, order[file0:])
+      ).flat_map(tf.data.TFRecordDataset).skip(in_file)
+      if sl.stride > 1:
+        records = records.shard(sl.stride, 0)
+
+      def shuffle_block(j, block):
+        keys = _full_range_int64(tf.shape(block), [block_seed, e * 2**32 + j])
+        return tf.gather(block, tf.argsort(keys, stable=True))
+
+      blocks = tf.data.Dataset.zip(
+          (tf.data.Dataset.range(start_block, 2**62), records.batch(w))
+      )
+      return blocks.map(shuffle_block).unbatch().skip(skip)
+
+    return tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
+
   def _train_dataset(self) -> tf.data.Dataset:
-    ds = self._get_task_dataset(training=True).map(self._select)
+    slices = self.train_slices()
+    per_host = self.num_slices // self.num_infeed_hosts
+    rows = self.batch_size // per_host  # Rows of a global batch per slice.
+    local = slices[self.infeed_host_index * per_host:][:per_host]
+    streams = [
+        self._slice_records(sl, self.start_batch * rows) for sl in local
+    ]
+    if per_host == 1:
+      (raw,) = streams
+    else:
+      # `rows` records of each local slice in turn: the host's batch rows.
+      choice = tf.data.Dataset.range(per_host * rows).map(
+          lambda i: i // rows
+      ).repeat()
+      raw = tf.data.Dataset.choose_from_datasets(streams, choice)
+    ds = preprocessing.decode_records(
+        raw.map(lambda r: {'serialized': r}), self.num_classes
+    )
+
+    # A survivor that follows `gap` bad records sits at host-stream slot
+    # t = (survivors before it) + (bad records before it).
+    def locate(state, ex):
+      survivors, bad_before = state
+      bad = ex['num_bad_records']
+      ex['gap'] = bad - bad_before
+      ex['slot'] = survivors + bad
+      return (survivors + 1, bad), ex
+
+    zero = tf.constant(0, tf.int64)
+    ds = ds.scan((zero, zero), locate)
+    table = tasks.class_table(
+        self.data_dir, self.num_classes, self.expand_hierarchy
+    )
+    first_slot = self.start_batch * self.batch_size
+    first_slice = self.infeed_host_index * per_host
+    crop_seed = _mix(self.seed, 'crop')
+    flip_seed = _mix(self.seed, 'flip')
+    s, c = self.image_size, self.num_classes
+
+    def finish(ex):
+      # Augmentation seeded by (slice, position in slice) of the slot.
+      slot = first_slot + ex.pop('slot')
+      step, row = slot // self.batch_size, slot % self.batch_size
+      k = first_slice + row // rows
+      where = k * 2**40 + step * rows + row % rows
+      ex = tasks.set_labels(ex, c, table)
+      ex = tasks.set_train_view(
+          ex, s, [tf.stack([crop_seed, where]), tf.stack([flip_seed, where])],
+          self.crop_min_area,
+      )
+      gap = ex.pop('gap')
+
+      def rows_of(value, fill):
+        pad = tf.fill(tf.concat([[gap], tf.shape(value)], 0), fill)
+        return tf.concat([pad, value[None]], 0)
+
+      # The bad records before this one keep their slots, with weight 0.
+      return {
+          'image': rows_of(ex['image'], 0.0),
+          'labels': rows_of(ex['labels'], 0.0),
+          'weight': rows_of(tf.constant(1.0), 0.0),
+          'id': rows_of(ex['id'], ''),
+          'num_bad_records': rows_of(
+              ex['num_bad_records'], ex['num_bad_records']
+          ),
+      }
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
     ds = ds.batch(self.batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+  # ---- Evaluation: each record once per pass, through the seqio Task.
+
+  def _get_task_dataset(self) -> tf.data.Dataset:
+    task = seqio.get_mixture_or_task(self._task_name)
+    return task.get_dataset(
+        sequence_length=None,
+        split=self.split,
+        shuffle=False,
+        seed=self.seed,
+        shard_info=self._shard_info(),
+        num_epochs=1,
+        trim_output_features=False,
+        try_in_mem_cache=False,
+    )
 
   def _eval_dataset(self) -> tf.data.Dataset:
     counts = data_format.shard_record_counts(self.data_dir, self.split)
@@ -264,7 +491,7 @@ class MultiLabelImageInput(base_input.BaseInput):
         self.infeed_host_index, self.num_infeed_hosts, self._local_records,
         self._num_batches, self.batch_size,
     )
-    ds = self._get_task_dataset(training=False).map(self._select)
+    ds = self._get_task_dataset().map(self._select)
     s, c = self.image_size, self.num_classes
     pad = tf.data.Dataset.from_tensors({
         'image': tf.zeros([s, s, 3], tf.float32),
@@ -296,10 +523,7 @@ class MultiLabelImageInput(base_input.BaseInput):
   def _resolve_stats_path(self) -> str | None:
     stats_dir = self.stats_dir
     if stats_dir is None:
-      try:
-        stats_dir = flags.FLAGS['job_log_dir'].value
-      except (KeyError, flags.UnparsedFlagAccessError):
-        stats_dir = None
+      stats_dir = resumable.job_log_dir()
     if not stats_dir:
       return None
     return os.path.join(
@@ -334,10 +558,12 @@ class MultiLabelImageInput(base_input.BaseInput):
       if count >= self._next_report or final:
         self._next_report = 2 * count
         logging.warning(
-            'Input %s (split %r of %s): skipped %d record(s) so far that'
-            ' failed to decode (malformed tf.Example, undecodable image or'
-            ' label id outside [0, %d)).',
+            'Input %s (split %r of %s): %d record(s) so far failed to'
+            ' decode (malformed tf.Example, undecodable image or label id'
+            ' outside [0, %d)); %s.',
             self.name, self.split, self.data_dir, count, self.num_classes,
+            'each kept its slot as a weight-0 example' if self.is_training
+            else 'skipped',
         )
         self.write_stats()
 
@@ -352,7 +578,10 @@ class MultiLabelImageInput(base_input.BaseInput):
         )
       raise
     self._update_bad_count(int(batch['num_bad_records'].max()))
-    if not self.is_training:
+    if self.is_training:
+      self.log_ids(self._next_batch, [i.decode() for i in batch['id']])
+      self._next_batch += 1
+    else:
       self._real_emitted += int(np.sum(batch['weight'] > 0))
     return NestedMap({k: batch[k] for k in _BATCH_KEYS})
 
@@ -360,3 +589,4 @@ class MultiLabelImageInput(base_input.BaseInput):
     super().reset()
     self._iter = self._ds.as_numpy_iterator()
     self._real_emitted = 0
+    self._next_batch = self.start_batch

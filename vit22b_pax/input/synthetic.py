@@ -15,6 +15,8 @@ from praxis import py_utils
 from praxis import pytypes
 import tensorflow as tf
 
+from vit22b_pax.input import resumable
+
 NestedMap = py_utils.NestedMap
 
 
@@ -48,13 +50,21 @@ class ViTInputSpecsProvider(base_input.BaseInputSpecsProvider):
     return batch_specs(self.batch_size, self.image_size, self.num_classes)
 
 
-class SyntheticInput(base_input.BaseInput):
+class SyntheticInput(resumable.ResumableInput):
   """Learnable random multi-label images, made in memory (no files).
 
   Each class c owns a fixed random image pattern P_c; an example's image is
   the mean of the patterns of its labels plus noise, so the labels can be
-  read off the image. Training batches are endless; eval yields
-  `num_eval_batches` batches per pass (reset() restarts the pass).
+  read off the image.
+
+  Example g of a split (its global index: batch i holds g in [i * B,
+  (i + 1) * B)) is drawn from its own generator seeded with (seed, split,
+  g), so any host makes any example alone: host h of H makes rows
+  [h * B / H, (h + 1) * B / H) of every global batch, a restarted run
+  continues at the restored step's batch (resumable.py), and the global
+  batches do not depend on the number of hosts. Its id is '<split>/<g>'.
+  Training batches are endless; eval yields `num_eval_batches` batches per
+  pass (reset() restarts the pass).
 
   Attributes:
     image_size: Image height = width.
@@ -72,8 +82,7 @@ class SyntheticInput(base_input.BaseInput):
   num_eval_batches: int = 2
   seed: int = 1234
   _patterns: Any = None
-  _rng: Any = None
-  _num_emitted: int = 0
+  _next_batch: int = 0
 
   def __post_init__(self):
     super().__post_init__()
@@ -83,27 +92,35 @@ class SyntheticInput(base_input.BaseInput):
     ).astype(np.float32)
     self.reset()
 
+  @property
+  def split(self) -> str:
+    return 'train' if self.is_training else 'eval'
+
   def reset(self) -> None:
     super().reset()
-    # Train and eval (and every host) draw disjoint example streams.
-    self._rng = np.random.default_rng(
-        [self.seed, int(self.is_training), self.infeed_host_index]
-    )
-    self._num_emitted = 0
+    self._next_batch = self.start_batch
+
+  def example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(image [S, S, 3], labels [C]) of global example `index`."""
+    rng = np.random.default_rng([self.seed, int(self.is_training), index])
+    c, s = self.num_classes, self.image_size
+    labels = rng.random(c) < self.label_prob
+    labels[rng.integers(0, c)] = True
+    labels = labels.astype(np.float32)
+    image = np.einsum('C,CHWK->HWK', labels / labels.sum(), self._patterns)
+    image += self.noise * rng.standard_normal((s, s, 3))
+    return np.clip(image, -1.0, 1.0).astype(np.float32), labels
 
   def get_next(self) -> NestedMap:
-    if not self.is_training and self._num_emitted >= self.num_eval_batches:
+    batch = self._next_batch
+    if not self.is_training and batch >= self.num_eval_batches:
       raise tf.errors.OutOfRangeError(None, None, 'end of synthetic eval')
-    self._num_emitted += 1
-    b, c = self.batch_size, self.num_classes
-    labels = self._rng.random((b, c)) < self.label_prob
-    labels[np.arange(b), self._rng.integers(0, c, b)] = True
-    labels = labels.astype(np.float32)
-    mix = labels / labels.sum(axis=1, keepdims=True)
-    image = np.einsum('BC,CHWK->BHWK', mix, self._patterns)
-    image += self.noise * self._rng.standard_normal(image.shape)
+    self._next_batch += 1
+    indices = batch * self.global_batch_size + self.host_rows()
+    images, labels = zip(*(self.example(int(g)) for g in indices))
+    self.log_ids(batch, [f'{self.split}/{g}' for g in indices])
     return NestedMap(
-        image=np.clip(image, -1.0, 1.0).astype(np.float32),
-        labels=labels,
-        weight=np.ones((b,), np.float32),
+        image=np.stack(images),
+        labels=np.stack(labels),
+        weight=np.ones((self.batch_size,), np.float32),
     )

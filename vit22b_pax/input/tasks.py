@@ -99,6 +99,60 @@ def task_name(
   return f'{TASK_PREFIX}_{base}_{image_size}px_{mode}_{digest}'
 
 
+def class_table(
+    data_dir: str, num_classes: int, expand_hierarchy: bool = True
+) -> tuple[list[int], list[int]] | None:
+  """The ancestor table of the class file (None: labels not expanded).
+
+  Raises:
+    ValueError: the class file is missing/malformed or its size is not
+      num_classes.
+  """
+  class_path = data_format.class_file_path(_canonical_dir(data_dir))
+  classes = hierarchy.read_class_file(class_path)
+  if classes.num_classes != num_classes:
+    raise ValueError(
+        f'Class file {class_path} lists {classes.num_classes} classes but'
+        f' NUM_CLASSES is {num_classes}.'
+    )
+  return classes.ancestor_table() if expand_hierarchy else None
+
+
+def set_labels(
+    ex: dict[str, tf.Tensor],
+    num_classes: int,
+    table: tuple[list[int], list[int]] | None,
+) -> dict[str, tf.Tensor]:
+  """Replaces 'label_ids' by the multi-hot 'labels' [C]."""
+  ex['labels'] = preprocessing.multi_hot(
+      ex.pop('label_ids'), num_classes, table
+  )
+  return ex
+
+
+def set_train_view(
+    ex: dict[str, tf.Tensor],
+    image_size: int,
+    seeds: list[tf.Tensor],
+    crop_min_area: float,
+) -> dict[str, tf.Tensor]:
+  """The training view of 'image' (inception crop + flip) from two seeds."""
+  ex['image'] = preprocessing.train_image(
+      ex['image'], image_size, seeds, min_area=crop_min_area
+  )
+  return ex
+
+
+def set_eval_view(
+    ex: dict[str, tf.Tensor], image_size: int, eval_crop_fraction: float
+) -> dict[str, tf.Tensor]:
+  """The evaluation view of 'image' (resize + central crop)."""
+  ex['image'] = preprocessing.eval_image(
+      ex['image'], image_size, eval_crop_fraction
+  )
+  return ex
+
+
 def register_task(
     data_dir: str,
     image_size: int,
@@ -135,39 +189,23 @@ def register_task(
   if name in seqio.TaskRegistry.names():
     return name
   data_dir = _canonical_dir(data_dir)
-  class_path = data_format.class_file_path(data_dir)
-  classes = hierarchy.read_class_file(class_path)
-  if classes.num_classes != num_classes:
-    raise ValueError(
-        f'Class file {class_path} lists {classes.num_classes} classes but'
-        f' NUM_CLASSES is {num_classes}.'
-    )
-  table = classes.ancestor_table() if expand_hierarchy else None
+  table = class_table(data_dir, num_classes, expand_hierarchy)
 
   def decode(ds):
     return preprocessing.decode_records(ds, num_classes)
 
   @seqio.map_over_dataset
   def labels(ex):
-    ex['labels'] = preprocessing.multi_hot(
-        ex.pop('label_ids'), num_classes, table
-    )
-    return ex
+    return set_labels(ex, num_classes, table)
 
   if augment:
     @seqio.map_over_dataset(num_seeds=2)
     def view(ex, seeds):
-      ex['image'] = preprocessing.train_image(
-          ex['image'], image_size, seeds, min_area=crop_min_area
-      )
-      return ex
+      return set_train_view(ex, image_size, seeds, crop_min_area)
   else:
     @seqio.map_over_dataset
     def view(ex):
-      ex['image'] = preprocessing.eval_image(
-          ex['image'], image_size, eval_crop_fraction
-      )
-      return ex
+      return set_eval_view(ex, image_size, eval_crop_fraction)
 
   seqio.TaskRegistry.add(
       name,
