@@ -11,7 +11,16 @@ from typing import Sequence
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _env(num_devices: int, tf_log_level: str | None) -> dict[str, str]:
+def child_env(
+    tf_log_level: str | None = '2', num_devices: int = 1
+) -> dict[str, str]:
+  """The environment of a launcher child: CPU devices only, quiet TF.
+
+  Args:
+    tf_log_level: TF_CPP_MIN_LOG_LEVEL; '1' keeps TensorFlow's warnings;
+      None leaves it unset (the child's own default applies).
+    num_devices: simulated CPU devices the child sees.
+  """
   env = dict(os.environ)
   # conftest simulates 8 CPU devices for in-process tests; a child gets
   # exactly the devices it asks for.
@@ -48,7 +57,7 @@ def run_module(
   return subprocess.run(
       [sys.executable, '-m', *args],
       cwd=ROOT,
-      env=_env(num_devices, tf_log_level),
+      env=child_env(tf_log_level, num_devices),
       capture_output=True,
       text=True,
       timeout=timeout,
@@ -94,7 +103,7 @@ def run_modules(
         err = tempfile.TemporaryFile('w+')
         proc = subprocess.Popen(
             [sys.executable, '-m', *args], cwd=ROOT,
-            env=_env(num_devices, tf_log_level), stdout=out, stderr=err,
+            env=child_env(tf_log_level, num_devices), stdout=out, stderr=err,
             text=True,
         )
         running[i] = (proc, out, err)

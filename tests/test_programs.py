@@ -82,6 +82,17 @@ class DatasetMetricsEvalProgramTest(absltest.TestCase):
     self.assertAlmostEqual(float(p1), 0.25, places=6)
 
 
+  def test_refuses_outputs_that_are_not_the_global_batch(self):
+    program = object.__new__(programs.DatasetMetricsEvalProgram)
+    program._name = 'eval'
+    program._eval_unpadded_global_batch_size = 16
+    program.global_rows({'weight': np.ones(16)})  # Replicated: fine.
+    # Host-local rows (8 of 16 on 2 hosts) would score half the split.
+    with self.assertRaisesRegex(
+        ValueError, 'hold 8 rows, not the global eval batch of 16'):
+      program.global_rows({'weight': np.ones(8)})
+
+
 class ThroughputTrainProgramTest(absltest.TestCase):
 
   def test_gets_the_paper_flops(self):

@@ -176,7 +176,29 @@ class DatasetMetricsEvalProgram(programs.SingleTaskEvalProgram):
   logits/labels/weight and reports them as 'map_dataset' and
   'precision_at_1_dataset'; on a dataset with a class hierarchy, also over
   its leaf classes ('map_leaf_dataset', 'precision_at_1_leaf_dataset').
+
+  Multi-host: every host needs every host's examples. paxml 1.4.0's pjit
+  eval step returns all its outputs fully replicated (partitioning.py:
+  out_shardings PartitionSpec()), so XLA all-gathers the per-example
+  outputs over the data axis inside the step (across processes: Gloo on
+  CPU, the interconnect elsewhere) and each host's per-batch outputs hold
+  the whole global batch; the metrics are then the same on every host and
+  equal to a one-host run's. `global_rows` checks that before using them:
+  a partitioner that returned only this host's rows would otherwise give a
+  mAP over 1 / num_hosts of the split.
   """
+
+  def global_rows(self, batch: dict[str, np.ndarray]) -> None:
+    """Raises unless the batch's outputs hold the global eval batch."""
+    want = getattr(self, '_eval_unpadded_global_batch_size', None)
+    rows = len(batch['weight'])
+    if want is not None and rows != want:
+      raise ValueError(
+          f'Eval {self._name}: per-example outputs hold {rows} rows, not the'
+          f' global eval batch of {want} ({jax.process_count()} hosts): the'
+          ' eval step did not replicate them across hosts, so the'
+          ' dataset-level metrics would cover part of the split.'
+      )
 
   def _run_eval_loop(self, state: TrainState) -> EvalLoopOutput:
     # Raises TypeError if paxml ever returns another arity.
@@ -186,12 +208,16 @@ class DatasetMetricsEvalProgram(programs.SingleTaskEvalProgram):
           {k: np.asarray(b[k]) for k in ('logits', 'labels', 'weight')}
           for b in out.per_example_scores
       ]
-    except (KeyError, TypeError, RuntimeError) as e:
-      # E.g. per-example outputs not addressable from this host.
-      logging.warning('Eval %s: no dataset-level metrics (%s).', self._name, e)
+    except KeyError as e:
+      logging.warning(
+          'Eval %s: no dataset-level metrics (no per-example %s).',
+          self._name, e,
+      )
       return out
     if not batches:
       return out
+    for batch in batches:
+      self.global_rows(batch)
     logits, labels, weight = (
         np.concatenate([b[k] for b in batches])
         for k in ('logits', 'labels', 'weight')
