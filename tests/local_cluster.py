@@ -2,7 +2,9 @@
 
 Every child runs in its own session (so killing its process group ends
 everything it started), writes stdout and stderr to its own log file, and
-is waited for with a deadline. `Cluster` starts N processes as one
+is waited for with a deadline; on Linux it also gets SIGKILL when the test
+process dies (PR_SET_PDEATHSIG), so even a killed test run leaves nothing
+running. `Cluster` starts N processes as one
 simulated N-host job (jax.distributed over 127.0.0.1, Gloo collectives on
 CPU, one CPU device per process), the way experiments/multihost_local.sh
 does, and kills all of them on exit from its `with` block, whatever
@@ -17,6 +19,7 @@ at its second step (checked), so every launch compiles.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import pathlib
 import shutil
@@ -48,6 +51,17 @@ SMOKE_ARGS = (
 
 _SESSION_DIR = pathlib.Path(tempfile.mkdtemp(prefix='vit22b_local_cluster_'))
 atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
+
+
+_LIBC = ctypes.CDLL(None) if sys.platform.startswith('linux') else None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+  """A Popen preexec_fn: the child gets `sig` when its parent dies."""
+  if _LIBC is None:
+    return None
+  return lambda: _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig))
 
 
 def free_port() -> int:
@@ -92,7 +106,7 @@ class Process:
       self.popen = subprocess.Popen(
           self.argv, cwd=ROOT, env=subprocess_runner.child_env(),
           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-          start_new_session=True,
+          start_new_session=True, preexec_fn=die_with_parent(),
       )
 
   @property

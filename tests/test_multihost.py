@@ -71,7 +71,9 @@ def _script(args, env=None, **kwargs) -> subprocess.Popen:
       ['bash', str(_SCRIPT), *args], cwd=_ROOT,
       env=dict(subprocess_runner.child_env(), **(env or {})),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      start_new_session=True, **kwargs)
+      start_new_session=True,
+      # SIGTERM: the script's trap stops its hosts if this process dies.
+      preexec_fn=local_cluster.die_with_parent(signal.SIGTERM), **kwargs)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
