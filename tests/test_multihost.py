@@ -48,6 +48,11 @@ _SCRIPT = _ROOT / 'experiments' / 'multihost_local.sh'
 _REFERENCE = 'smoke_reference'
 _TIMEOUT = 600
 _LOSS_RTOL = 1e-5
+# The 2-process weights differ from the 1-process ones by that rounding, which
+# can swap two nearly tied scores: one swap moves one class's AP by ~1e-3,
+# the mean over 60 classes by ~2e-5 (seen: 2.4e-5). Scoring half the split
+# would fail the weight check instead.
+_MAP_ATOL = 2e-4
 _TF_STEPS = 12
 
 
@@ -187,12 +192,16 @@ class MultiHostTest(absltest.TestCase):
     for logs, ref, split_size in cases:
       want = dict(local_cluster.eval_scalars(ref, 'Metrics/map_dataset'))
       last = max(want)
+      values = []
       for h, log in enumerate(logs):
         value, weight = _map_lines(log)[-1]
         # Every host scored every example of the split ...
         self.assertEqual(weight, split_size, f'host {h}')
-        # ... and got the one-process figure (printed to 6 places).
-        self.assertAlmostEqual(value, want[last], places=6, msg=f'host {h}')
+        values.append(value)
+      # ... so all hosts print the same figure, ...
+      self.assertLen(set(values), 1, values)
+      # ... the one-process one up to _MAP_ATOL.
+      self.assertAlmostEqual(values[0], want[last], delta=_MAP_ATOL)
 
   def test_tfrecord_hosts_read_disjoint_slices_of_the_same_batches(self):
     self.assertEqual(self.tf_ref_codes, [0])
