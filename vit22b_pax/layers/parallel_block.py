@@ -2,9 +2,14 @@
 
   y = x + Attn(LN(x)) + MLP(LN(x))
 
-with ONE shared pre-LN, ONE fused input matmul producing q, k, v and the
-MLP-in activations, and ONE fused output matmul consuming the attention
-context and the MLP hidden activations, with one bias.
+with ONE shared pre-LN, ONE fused input projection producing q, k, v and
+the MLP-in activations, and ONE fused output projection consuming the
+attention context and the MLP hidden activations, with one bias.
+
+The projections' weights are stored fused (below); the compute multiplies
+by slices of them, one matmul per part, and sums the two output products:
+on XLA:CPU that is faster than one big matmul whose activation is then
+sliced and concatenated (see `ParallelBlock._project`; BENCHMARKS.md).
 
 Weight layout. The fused weights are grouped by head so that sharding the
 head axis N over the 'model' mesh axis gives every device whole heads plus
@@ -28,9 +33,9 @@ Initialization: WeightHParams name the fan axes (fan-in D for w_in, N*J for
 w_out), so fan-in based inits (e.g. WeightInit.GaussianSqrtFanIn) match the
 unfused layers; the praxis default Xavier also uses the fused fan-out.
 
-Remat names: 'combined_qkv_proj' (fused input projection), 'logits',
-'context', 'out_proj' (fused output projection), as praxis checkpoint
-policies expect.
+Remat names: 'combined_qkv_proj' (the input projection: q, k, v and the
+MLP pre-activations), 'logits', 'context', 'out_proj' (the output
+projection), as praxis checkpoint policies expect.
 """
 
 from __future__ import annotations
@@ -121,26 +126,45 @@ class ParallelBlock(block_base.BlockBase):
   def _project(
       self, x: JTensor
   ) -> tuple[JTensor, JTensor, JTensor, JTensor]:
-    """Fused input projection of the normed x [B, T, D].
+    """Input projections of the normed x [B, T, D] by the fused w_in.
+
+    One matmul per part, each on a column slice of w_in [D, N, K]: q, k and
+    v by [D, N, H] slices, the MLP by the [D, N, F/N] slice read as [D, F]
+    (unit n * F/N + j is head n's j-th, the module docstring's order). On
+    XLA:CPU this is faster than one [B, T, N, K] matmul followed by slices:
+    the slices of the big activation, and in the backward pass the
+    concatenation of their gradients, are copies as large as the matmul's
+    output, while slicing the weight copies only weight-sized data. The
+    weights stay fused (sharding, checkpoints); only the compute is split.
 
     Returns:
-      q, k, v [B, T, N, H] and the MLP pre-activations [B, T, N, F/N].
+      q, k, v [B, T, N, H] and the MLP pre-activations [B, T, F].
     """
-    h = self.head_dim
-    fused = jnp.einsum('BTD,DNK->BTNK', x, self.theta.w_in)
-    fused = checkpoint_name(fused, 'combined_qkv_proj')
-    fused = self._shard_blnh(fused)
-    q = fused[..., :h]
-    k = fused[..., h : 2 * h]
-    v = fused[..., 2 * h : 3 * h]
-    mlp = fused[..., 3 * h :]
+    d, n, h = self.input_dims, self.num_heads, self.head_dim
+    w = self.theta.w_in
+    parts = []
+    for i in range(3):
+      part = jnp.einsum('BTD,DNH->BTNH', x, w[..., i * h : (i + 1) * h])
+      parts.append(self._shard_blnh(part))
+    q, k, v = parts
+    mlp = jnp.einsum(
+        'BTD,DF->BTF', x, w[..., 3 * h :].reshape(d, n * self.mlp_per_head)
+    )
     if self.in_bias_width:
-      b = self.theta.b_in.reshape(self.num_heads, self.in_bias_width)
+      b = self.theta.b_in.reshape(n, self.in_bias_width)
       if self.use_qkv_bias:
         q, k, v = q + b[:, :h], k + b[:, h : 2 * h], v + b[:, 2 * h : 3 * h]
       if self.use_mlp_bias:
-        mlp = mlp + b[:, -self.mlp_per_head :]
-    return q, k, v, mlp
+        mlp = mlp + b[:, -self.mlp_per_head :].reshape(-1)
+    # The same values the fused activation held, under its remat name.
+    q, k, v, mlp = (checkpoint_name(t, 'combined_qkv_proj')
+                    for t in (q, k, v, mlp))
+    return q, k, v, self._shard_blf(mlp)
+
+  def _shard_blf(self, x: JTensor) -> JTensor:
+    """Shards [B, T, F] MLP activations like the heads they belong to."""
+    blnh = self.activation_split_dims_mapping.blnh
+    return self._shard(x, None if blnh is None else tuple(blnh[:3]))
 
   def attention_logits(self, inputs: JTensor) -> JTensor:
     """Pre-mask attention logits [B, N, T, T] of inputs [B, T, D].
@@ -182,11 +206,14 @@ class ParallelBlock(block_base.BlockBase):
     inputs = self._shard_bld(inputs)
     q, k, v, mlp = self._project(self.ln(inputs))
     context, probs = self.attention(q, k, v, mask)
-    hidden = self.relu_dropout(self.activation(mlp))
-    # One matmul for attention-out and MLP-out: concat along the per-head
-    # contraction dim J = H + F/N.
-    fused = self._shard_blnh(jnp.concatenate([context, hidden], axis=-1))
-    out = jnp.einsum('BTNJ,NJD->BTD', fused, self.theta.w_out)
+    hidden = self._shard_blf(self.relu_dropout(self.activation(mlp)))
+    # Attention-out and MLP-out as two matmuls on row slices of the fused
+    # w_out [N, J, D], summed: no [B, T, N, J] concatenation (see _project).
+    h, w = self.head_dim, self.theta.w_out
+    out = jnp.einsum('BTNH,NHD->BTD', context, w[:, :h])
+    out = out + jnp.einsum(
+        'BTF,FD->BTD', hidden, w[:, h:].reshape(-1, self.input_dims)
+    )
     if self.use_mlp_bias:
       out = out + self.theta.b_out
     out = checkpoint_name(out, 'out_proj')
