@@ -52,6 +52,26 @@ JTensor = pytypes.JTensor
 NestedMap = py_utils.NestedMap
 
 
+def token_matmul(x: JTensor, w: JTensor) -> JTensor:
+  """x [B, T, I] times w [I, O] -> [B, T, O], as a 2-D matmul on [B*T, I].
+
+  Why not a [B, T, I] einsum: its weight gradient contracts two dims (B, T),
+  which XLA:CPU's oneDNN matmul cannot take as a transposed operand, so XLA
+  copies the output gradient into a transposed layout (recomputing the
+  fusion that produces it); over M = B*T tokens it is one contracting dim,
+  passed to oneDNN as a transpose flag.
+
+  Args:
+    x: [B, T, I] activations.
+    w: [I, O] weights.
+
+  Returns:
+    [B, T, O].
+  """
+  b, t, i = x.shape
+  return jnp.einsum('MI,IO->MO', x.reshape(b * t, i), w).reshape(b, t, -1)
+
+
 class ParallelBlock(block_base.BlockBase):
   """ViT-22B parallel block: y = x + Attn(LN(x)) + MLP(LN(x)).
 
@@ -140,16 +160,15 @@ class ParallelBlock(block_base.BlockBase):
     Returns:
       q, k, v [B, T, N, H] and the MLP pre-activations [B, T, F].
     """
-    d, n, h = self.input_dims, self.num_heads, self.head_dim
+    b, t, d = x.shape
+    n, h = self.num_heads, self.head_dim
     w = self.theta.w_in
     parts = []
     for i in range(3):
-      part = jnp.einsum('BTD,DNH->BTNH', x, w[..., i * h : (i + 1) * h])
-      parts.append(self._shard_blnh(part))
+      part = token_matmul(x, w[..., i * h : (i + 1) * h].reshape(d, n * h))
+      parts.append(self._shard_blnh(part.reshape(b, t, n, h)))
     q, k, v = parts
-    mlp = jnp.einsum(
-        'BTD,DF->BTF', x, w[..., 3 * h :].reshape(d, n * self.mlp_per_head)
-    )
+    mlp = token_matmul(x, w[..., 3 * h :].reshape(d, n * self.mlp_per_head))
     if self.in_bias_width:
       b = self.theta.b_in.reshape(n, self.in_bias_width)
       if self.use_qkv_bias:
@@ -209,11 +228,10 @@ class ParallelBlock(block_base.BlockBase):
     hidden = self._shard_blf(self.relu_dropout(self.activation(mlp)))
     # Attention-out and MLP-out as two matmuls on row slices of the fused
     # w_out [N, J, D], summed: no [B, T, N, J] concatenation (see _project).
+    b, t, d = inputs.shape
     h, w = self.head_dim, self.theta.w_out
-    out = jnp.einsum('BTNH,NHD->BTD', context, w[:, :h])
-    out = out + jnp.einsum(
-        'BTF,FD->BTD', hidden, w[:, h:].reshape(-1, self.input_dims)
-    )
+    out = token_matmul(context.reshape(b, t, -1), w[:, :h].reshape(-1, d))
+    out = out + token_matmul(hidden, w[:, h:].reshape(-1, d))
     if self.use_mlp_bias:
       out = out + self.theta.b_out
     out = checkpoint_name(out, 'out_proj')
