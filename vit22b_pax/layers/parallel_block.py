@@ -157,8 +157,15 @@ class ParallelBlock(block_base.BlockBase):
     output, while slicing the weight copies only weight-sized data. The
     weights stay fused (sharding, checkpoints); only the compute is split.
 
+    The MLP activations are feature-major, [F, M] over the M = B*T tokens:
+    XLA:CPU's oneDNN matmul computes [M, D] x [D, F] faster into that layout
+    (measured at D 768, F 3072, M 2048: 0.98 vs 0.90 of the float32 matmul
+    peak forward, 0.87 vs 0.81 forward + backward), and the MLP-in bias
+    gradient becomes a sum over the minor dim, which XLA parallelizes,
+    instead of over the major one.
+
     Returns:
-      q, k, v [B, T, N, H] and the MLP pre-activations [B, T, F].
+      q, k, v [B, T, N, H] and the MLP pre-activations [F, B*T].
     """
     b, t, d = x.shape
     n, h = self.num_heads, self.head_dim
@@ -168,22 +175,25 @@ class ParallelBlock(block_base.BlockBase):
       part = token_matmul(x, w[..., i * h : (i + 1) * h].reshape(d, n * h))
       parts.append(self._shard_blnh(part.reshape(b, t, n, h)))
     q, k, v = parts
-    mlp = token_matmul(x, w[..., 3 * h :].reshape(d, n * self.mlp_per_head))
+    w_mlp = w[..., 3 * h :].reshape(d, n * self.mlp_per_head)
+    mlp = jnp.einsum('MD,DF->FM', x.reshape(b * t, d), w_mlp)
     if self.in_bias_width:
-      b = self.theta.b_in.reshape(n, self.in_bias_width)
+      bias = self.theta.b_in.reshape(n, self.in_bias_width)
       if self.use_qkv_bias:
-        q, k, v = q + b[:, :h], k + b[:, h : 2 * h], v + b[:, 2 * h : 3 * h]
+        q = q + bias[:, :h]
+        k = k + bias[:, h : 2 * h]
+        v = v + bias[:, 2 * h : 3 * h]
       if self.use_mlp_bias:
-        mlp = mlp + b[:, -self.mlp_per_head :].reshape(-1)
+        mlp = mlp + bias[:, -self.mlp_per_head :].reshape(-1, 1)
     # The same values the fused activation held, under its remat name.
-    q, k, v, mlp = (checkpoint_name(t, 'combined_qkv_proj')
-                    for t in (q, k, v, mlp))
-    return q, k, v, self._shard_blf(mlp)
+    q, k, v, mlp = (checkpoint_name(a, 'combined_qkv_proj')
+                    for a in (q, k, v, mlp))
+    return q, k, v, self._shard_fm(mlp)
 
-  def _shard_blf(self, x: JTensor) -> JTensor:
-    """Shards [B, T, F] MLP activations like the heads they belong to."""
+  def _shard_fm(self, x: JTensor) -> JTensor:
+    """Shards feature-major MLP activations [F, B*T]: F like the heads."""
     blnh = self.activation_split_dims_mapping.blnh
-    return self._shard(x, None if blnh is None else tuple(blnh[:3]))
+    return self._shard(x, None if blnh is None else (blnh[2], blnh[0]))
 
   def attention_logits(self, inputs: JTensor) -> JTensor:
     """Pre-mask attention logits [B, N, T, T] of inputs [B, T, D].
@@ -225,13 +235,15 @@ class ParallelBlock(block_base.BlockBase):
     inputs = self._shard_bld(inputs)
     q, k, v, mlp = self._project(self.ln(inputs))
     context, probs = self.attention(q, k, v, mask)
-    hidden = self._shard_blf(self.relu_dropout(self.activation(mlp)))
+    hidden = self._shard_fm(self.relu_dropout(self.activation(mlp)))
     # Attention-out and MLP-out as two matmuls on row slices of the fused
     # w_out [N, J, D], summed: no [B, T, N, J] concatenation (see _project).
     b, t, d = inputs.shape
     h, w = self.head_dim, self.theta.w_out
     out = token_matmul(context.reshape(b, t, -1), w[:, :h].reshape(-1, d))
-    out = out + token_matmul(hidden, w[:, h:].reshape(-1, d))
+    out = out + jnp.einsum(
+        'FM,FD->MD', hidden, w[:, h:].reshape(-1, d)
+    ).reshape(b, t, d)
     if self.use_mlp_bias:
       out = out + self.theta.b_out
     out = checkpoint_name(out, 'out_proj')
