@@ -46,7 +46,6 @@ import jax
 from jax import numpy as jnp
 import numpy as np
 from paxml import checkpoint_types
-from paxml import experiment_registry
 from paxml import partitioning
 from paxml import trainer_lib
 from praxis import base_hyperparams
@@ -58,8 +57,9 @@ from praxis.layers import normalizations
 from praxis.layers import transformers
 import tensorflow as tf
 
-from vit22b_pax import experiments
+from vit22b_pax import experiment_base
 from vit22b_pax import flops
+from vit22b_pax import knobs
 from vit22b_pax.input import data_format
 from vit22b_pax.input import shapes
 
@@ -161,7 +161,7 @@ def matmul_peak_fn(size: int = PEAK_MATMUL_SIZE) -> tuple[Callable[[], Any],
 
 
 def stock_block_config(
-    exp: experiments.ViT22BJFT,
+    exp: experiment_base.ViTExperiment,
 ) -> pax_fiddle.Config[transformers.Transformer]:
   """praxis' stock Transformer with the experiment's block options.
 
@@ -195,30 +195,16 @@ def stock_block_config(
   )
 
 
-def resolve_experiment(name: str) -> type[experiments.ViT22BJFT]:
-  """A registered experiment class by full name or vit22b_pax class name."""
-  cls = experiments.registered().get(name) or experiment_registry.get(name)
-  if cls is None:
-    names = sorted(experiments.registered())
-    close = experiments.closest_name(name.rsplit('.', 1)[-1], names)
-    raise ValueError(
-        f'Unknown experiment {name!r}'
-        + (f'; did you mean {close!r}?' if close else '.')
-        + f' Registered here: {", ".join(names)}.'
-    )
-  return cls
-
-
 def variant_experiment(
-    exp: experiments.ViT22BJFT, parallel: bool
-) -> experiments.ViT22BJFT:
+    exp: experiment_base.ViTExperiment, parallel: bool
+) -> experiment_base.ViTExperiment:
   """A copy of `exp` with PARALLEL_BLOCK set."""
   out = copy.copy(exp)
   out.PARALLEL_BLOCK = parallel
   return out
 
 
-def variant_task_config(exp: experiments.ViT22BJFT, variant: str):
+def variant_task_config(exp: experiment_base.ViTExperiment, variant: str):
   """The paxml task config of one of VARIANTS at the experiment's size."""
   if variant not in VARIANTS:
     raise ValueError(f'Unknown variant {variant!r}; use one of {VARIANTS}.')
@@ -343,7 +329,7 @@ class TrainStep:
 
 
 def experiment_train_step(
-    exp: experiments.ViT22BJFT, name: str, task_p: Any = None
+    exp: experiment_base.ViTExperiment, name: str, task_p: Any = None
 ) -> TrainStep:
   """The TrainStep of an experiment (or of `task_p` built from it)."""
   specs = instantiate(exp.get_input_specs_provider_params()).get_input_specs()
@@ -447,7 +433,7 @@ def baseline_input_dataset(
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def train_input(exp: experiments.ViT22BJFT):
+def train_input(exp: experiment_base.ViTExperiment):
   """The experiment's training input (its praxis BaseInput), instantiated."""
   input_p = exp.datasets()[0]
   input_p.num_infeed_hosts = jax.process_count()
@@ -558,7 +544,7 @@ QUICK = Settings(
 )
 
 
-def flops_per_step(exp: experiments.ViT22BJFT) -> float:
+def flops_per_step(exp: experiment_base.ViTExperiment) -> float:
   """Model FLOPs of one train step (paper convention, `flops.py`)."""
   return float(
       exp.train_flops_per_token()
@@ -567,7 +553,7 @@ def flops_per_step(exp: experiments.ViT22BJFT) -> float:
   )
 
 
-def model_shape(exp: experiments.ViT22BJFT) -> dict[str, Any]:
+def model_shape(exp: experiment_base.ViTExperiment) -> dict[str, Any]:
   """The experiment's size, batch and numerics, for the report."""
   size = exp.model_size()
   return {
@@ -584,12 +570,12 @@ def model_shape(exp: experiments.ViT22BJFT) -> dict[str, Any]:
       'fprop_dtype': exp.FPROP_DTYPE,
       'scan_layers': exp.SCAN_LAYERS,
       'remat_policy': exp.REMAT_POLICY,
-      'knobs': experiments.knob_values(exp),
+      'knobs': knobs.knob_values(exp),
   }
 
 
 def benchmark_models(
-    exp: experiments.ViT22BJFT, settings: Settings
+    exp: experiment_base.ViTExperiment, settings: Settings
 ) -> dict[str, Any]:
   """parallel_vs_sequential, parallel_vs_praxis and mfu_cpu, with timings."""
   steps = {}
@@ -645,7 +631,7 @@ def benchmark_models(
 
 
 def benchmark_input(
-    train_exp: experiments.ViT22BJFT, settings: Settings, inp: Any
+    train_exp: experiment_base.ViTExperiment, settings: Settings, inp: Any
 ) -> dict[str, Any]:
   """input_vs_baseline: the training input against a minimal tf.data input."""
   size = train_exp.model_size().image_size
@@ -682,7 +668,7 @@ def benchmark_input(
 
 
 def benchmark_make_train(
-    train_exp: experiments.ViT22BJFT, settings: Settings, inp: Any
+    train_exp: experiment_base.ViTExperiment, settings: Settings, inp: Any
 ) -> dict[str, Any]:
   """`make train`'s step: examples/s fed by its input and on a fixed batch."""
   log(f'building and compiling the {type(train_exp).__name__} train step')
@@ -711,8 +697,8 @@ def benchmark_make_train(
 
 
 def run(
-    exp: experiments.ViT22BJFT,
-    train_exp: experiments.ViT22BJFT,
+    exp: experiment_base.ViTExperiment,
+    train_exp: experiment_base.ViTExperiment,
     settings: Settings,
 ) -> dict[str, Any]:
   """The whole benchmark; returns the report (see the tool for the keys).

@@ -52,11 +52,13 @@ from absl import flags
 from absl import logging
 from fiddle import absl_flags as fdl_flags
 
+from vit22b_pax import tools
+
 # Imported before flags are parsed: importing the TF/lingvo stack after
 # absl parsed the flags leaves tf.data unable to run (functions missing from
 # the registry).
 from vit22b_pax import benchmark_lib
-from vit22b_pax import experiments
+from vit22b_pax import knobs
 
 # The benchmark's default model: ViTMid's widths at a CPU step size.
 DEFAULT_EXP = 'ViTMid'
@@ -103,17 +105,17 @@ HEADLINE_KEYS = (
 
 def build_experiments(argv: Sequence[str]):
   """(model experiment, make-train experiment) from the flags."""
-  exp = benchmark_lib.resolve_experiment(_EXP.value or DEFAULT_EXP)()
+  exp = tools.resolve_experiment(_EXP.value or DEFAULT_EXP)()
   if not _EXP.value:
-    experiments.apply_overrides(exp, DEFAULT_OVERRIDES)
+    knobs.apply_overrides(exp, DEFAULT_OVERRIDES)
   # The same code path as `paxml.main --fdl_config=... --fdl.KNOB=value`.
   fdl_flags.apply_overrides_to(exp)
-  exp.check()
-  train_exp = benchmark_lib.resolve_experiment(_MAKE_TRAIN_EXP.value)()
-  experiments.apply_overrides(train_exp, _MAKE_TRAIN_OVERRIDES.value)
+  exp.check_knobs()
+  train_exp = tools.resolve_experiment(_MAKE_TRAIN_EXP.value)()
+  knobs.apply_overrides(train_exp, _MAKE_TRAIN_OVERRIDES.value)
   data_dir = benchmark_lib.ensure_dataset(_DATA_DIR.value, _QUICK.value)
   train_exp.DATA_DIR = data_dir
-  train_exp.check()
+  train_exp.check_knobs()
   del argv
   return exp, train_exp
 
