@@ -69,6 +69,14 @@ instantiate = base_hyperparams.instantiate
 # Side of the square float32 matmul whose FLOP/s is the peak.
 PEAK_MATMUL_SIZE = 2048
 VARIANTS = ('parallel', 'sequential', 'praxis')
+# Report keys every run has (tests/test_benchmark.py checks them).
+HEADLINE_KEYS = (
+    'parallel_vs_sequential',
+    'parallel_vs_praxis',
+    'mfu_cpu',
+    'input_vs_baseline',
+    'make_train_examples_per_sec',
+)
 
 
 @dataclasses.dataclass

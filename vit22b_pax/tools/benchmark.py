@@ -93,15 +93,6 @@ _MAKE_TRAIN_OVERRIDES = flags.DEFINE_list(
     'KNOB=value overrides of --make_train_exp (e.g. a smaller model).',
 )
 
-# Report keys every run has; tests/test_benchmark.py checks them.
-HEADLINE_KEYS = (
-    'parallel_vs_sequential',
-    'parallel_vs_praxis',
-    'mfu_cpu',
-    'input_vs_baseline',
-    'make_train_examples_per_sec',
-)
-
 
 def build_experiments(argv: Sequence[str]):
   """(model experiment, make-train experiment) from the flags."""
