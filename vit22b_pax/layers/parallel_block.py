@@ -33,6 +33,21 @@ Initialization: WeightHParams name the fan axes (fan-in D for w_in, N*J for
 w_out), so fan-in based inits (e.g. WeightInit.GaussianSqrtFanIn) match the
 unfused layers; the praxis default Xavier also uses the fused fan-out.
 
+Collective matmul (`collective_matmul`, off by default). On a mesh whose
+'model' axis splits the heads, the input projection is then ONE
+`collective_matmul.all_gather_matmul` of the normed x [B, T, D] (D split
+over 'model') by the whole w_in [D, N, K], and the output projection ONE
+`collective_matmul.matmul_reduce_scatter` of [context | MLP hidden]
+[B, T, N, J] by the whole w_out [N, J, D]: ppermute rings that overlap
+moving a D-chunk of x (or of the output's partial sums) with the multiply
+of the chunk in hand, as ViT-22B does (Dehghani et al. 2023, Sec. 3,
+"asynchronous parallel linear operations"), instead of XLA's all-gather
+of the whole normed x before the input projection and all-reduce of the
+whole output after the output projection. The MLP activations are then
+head-major [B, T, N, F/N] (the fused activation's columns), not
+feature-major. Same variables, same values up to float rounding; the
+default path below is the one tuned for XLA:CPU.
+
 Remat names: 'combined_qkv_proj' (the input projection: q, k, v and the
 MLP pre-activations), 'logits', 'context', 'out_proj' (the output
 projection), as praxis checkpoint policies expect.
@@ -46,10 +61,14 @@ from praxis import py_utils
 from praxis import pytypes
 
 from vit22b_pax.layers import block_base
+from vit22b_pax.layers import collective_matmul as cm
 from vit22b_pax.layers import weights
 
 JTensor = pytypes.JTensor
 NestedMap = py_utils.NestedMap
+
+# Values of ParallelBlock.collective_matmul.
+COLLECTIVE_MATMUL_MODES = ('off', 'unidirectional', 'bidirectional')
 
 
 def token_matmul(x: JTensor, w: JTensor) -> JTensor:
@@ -80,7 +99,21 @@ class ParallelBlock(block_base.BlockBase):
   Variables: 'ln' (scale [D]; bias [D] only if ln_tpl has one), 'w_in'
   [D, N, K], 'b_in', 'w_out' [N, J, D], 'b_out' [D], 'attention/q_norm'
   and 'attention/k_norm' (scale [H] each) -- see the module docstring.
+
+  Attributes:
+    collective_matmul: 'off' (XLA partitions the projections), or
+      'unidirectional' / 'bidirectional': compute the fused input and
+      output projections as collective matmuls over the 'model' mesh axis
+      (module docstring; `collective_matmul` for the two ring variants).
+      The axes come from the sharding fields: the batch axis is
+      activation_split_dims_mapping.bld[0], the ring axis blnh[2], and the
+      weights' D dims are split over weight_split_dims_mapping.in_proj[0]
+      and out_proj[2]. Without those mappings (no mesh configured), or
+      outside a `with mesh:` (praxis' abstract init), the plain einsums
+      run.
   """
+
+  collective_matmul: str = 'off'
 
   @property
   def mlp_per_head(self) -> int:
@@ -95,6 +128,11 @@ class ParallelBlock(block_base.BlockBase):
 
   def setup(self) -> None:
     self._setup_common()
+    if self.collective_matmul not in COLLECTIVE_MATMUL_MODES:
+      raise ValueError(
+          f'ParallelBlock.collective_matmul must be one of '
+          f'{COLLECTIVE_MATMUL_MODES}, got {self.collective_matmul!r}.'
+      )
     if self.hidden_dims % self.num_heads:
       raise ValueError(
           f'ParallelBlock groups the MLP by head: hidden_dims '
@@ -233,6 +271,22 @@ class ParallelBlock(block_base.BlockBase):
     del cross_attention_mask, segment_pos, segment_ids
     mask = self._atten_mask(inputs, paddings, attention_mask, cross_inputs)
     inputs = self._shard_bld(inputs)
+    axes = self._collective_axes()
+    if axes is None:
+      out, probs = self._branches(inputs, mask)
+    else:
+      out, probs = self._collective_branches(inputs, mask, axes)
+    if self.use_mlp_bias:
+      out = out + self.theta.b_out
+    out = checkpoint_name(out, 'out_proj')
+    out = self._shard_bld(out)
+    out = self._add_branch(inputs, out)
+    return self._shard_bld(out), NestedMap(self_atten=probs)
+
+  def _branches(
+      self, inputs: JTensor, mask: JTensor | None
+  ) -> tuple[JTensor, JTensor]:
+    """Attention + MLP branch sum [B, T, D] (no bias) and the probs."""
     q, k, v, mlp = self._project(self.ln(inputs))
     context, probs = self.attention(q, k, v, mask)
     hidden = self._shard_fm(self.relu_dropout(self.activation(mlp)))
@@ -244,9 +298,66 @@ class ParallelBlock(block_base.BlockBase):
     out = out + jnp.einsum(
         'FM,FD->MD', hidden, w[:, h:].reshape(-1, d)
     ).reshape(b, t, d)
-    if self.use_mlp_bias:
-      out = out + self.theta.b_out
-    out = checkpoint_name(out, 'out_proj')
-    out = self._shard_bld(out)
-    out = self._add_branch(inputs, out)
-    return self._shard_bld(out), NestedMap(self_atten=probs)
+    return out, probs
+
+  def _collective_axes(self) -> dict[str, cm.AxisSpec] | None:
+    """Keyword axes of the collective matmuls, or None for the plain path.
+
+    None when collective_matmul is 'off' or the sharding fields do not
+    split the heads over a mesh axis (no mesh configured).
+    """
+    if self.collective_matmul == 'off':
+      return None
+    ap, wp = self.activation_split_dims_mapping, self.weight_split_dims_mapping
+    if ap.bld is None or ap.blnh is None or ap.blnh[2] is None:
+      return None
+    w_in = wp.in_proj or (None, None, None)
+    w_out = wp.out_proj or (None, None, None)
+    return dict(
+        data_axis=ap.bld[0],
+        model_axis=ap.blnh[2],
+        in_weight_data_axis=w_in[0],
+        out_weight_data_axis=w_out[2],
+    )
+
+  def _collective_branches(
+      self, inputs: JTensor, mask: JTensor | None,
+      axes: dict[str, cm.AxisSpec],
+  ) -> tuple[JTensor, JTensor]:
+    """_branches with the two projections as collective matmuls.
+
+    The normed x stays split on D (its LayerNorm reduces [B, T] statistics
+    over 'model'), the ring gathers it chunk by chunk; the fused activation
+    [B, T, N, K] is sliced per head into q, k, v and the MLP's F/N units;
+    [context | hidden] [B, T, N, J] is the output ring's operand.
+    """
+    h, fn = self.head_dim, self.mlp_per_head
+    common = dict(
+        data_axis=axes['data_axis'],
+        model_axis=axes['model_axis'],
+        bidirectional=self.collective_matmul == 'bidirectional',
+    )
+    x = self._shard_bld(self.ln(inputs))
+    fused = cm.all_gather_matmul(
+        x, self.theta.w_in,
+        weight_data_axis=axes['in_weight_data_axis'], **common,
+    )
+    if self.in_bias_width:
+      bias = self.theta.b_in.reshape(self.num_heads, self.in_bias_width)
+      if not self.use_qkv_bias:
+        bias = jnp.pad(bias, ((0, 0), (3 * h, 0)))
+      elif not self.use_mlp_bias:
+        bias = jnp.pad(bias, ((0, 0), (0, fn)))
+      fused = fused + bias
+    fused = self._shard_blnh(checkpoint_name(fused, 'combined_qkv_proj'))
+    q, k, v = (self._shard_blnh(fused[..., i * h : (i + 1) * h])
+               for i in range(3))
+    mlp = self._shard_blnh(fused[..., 3 * h :])
+    context, probs = self.attention(q, k, v, mask)
+    hidden = self._shard_blnh(self.relu_dropout(self.activation(mlp)))
+    y = self._shard_blnh(jnp.concatenate([context, hidden], axis=-1))
+    out = cm.matmul_reduce_scatter(
+        y, self.theta.w_out,
+        weight_data_axis=axes['out_weight_data_axis'], **common,
+    )
+    return out, probs
