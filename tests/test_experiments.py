@@ -12,8 +12,11 @@ from absl.testing import absltest
 from absl.testing import parameterized
 from fiddle._src.absl_flags import utils as fdl_flag_utils
 import jax
+from jax import numpy as jnp
+import numpy as np
 from paxml import experiment_registry
 from praxis import base_hyperparams
+from praxis import base_layer
 
 from vit22b_pax import experiment_base
 from vit22b_pax import experiments
@@ -114,8 +117,9 @@ class RegistryTest(parameterized.TestCase):
       if not issubclass(cls, experiment_base.TpuV4Pod):
         exp = cls()
         self.assertEqual(
-            (exp.FPROP_DTYPE, exp.ICI_MESH_SHAPE, exp.PEAK_FLOPS_PER_DEVICE),
-            ('float32', None, None),
+            (exp.FPROP_DTYPE, exp.ICI_MESH_SHAPE, exp.PEAK_FLOPS_PER_DEVICE,
+             exp.COLLECTIVE_MATMUL),
+            ('float32', None, None, 'off'),
             name,
         )
     self.assertEqual(
@@ -141,12 +145,17 @@ class RegistryTest(parameterized.TestCase):
     seq = experiments.registered()[base + 'Sequential']()
     noqk = experiments.registered()[base + 'NoQKNorm']()
     base_knobs = knobs.knob_values(base_exp)
-    for twin, knob in ((seq, 'PARALLEL_BLOCK'), (noqk, 'USE_QK_NORM')):
+    # COLLECTIVE_MATMUL is the parallel block's: the sequential twin of an
+    # experiment that turns it on must turn it off.
+    seq_knobs = {'PARALLEL_BLOCK'} | (
+        {'COLLECTIVE_MATMUL'} if base_exp.COLLECTIVE_MATMUL != 'off' else set()
+    )
+    for twin, changed in ((seq, seq_knobs), (noqk, {'USE_QK_NORM'})):
       diff = {
           k for k, v in knobs.knob_values(twin).items()
           if base_knobs[k] != v
       }
-      self.assertEqual(diff, {knob})
+      self.assertEqual(diff, changed)
     self.assertIs(
         _block_tpl(base_exp.model(sharded=False)).cls,
         parallel_block.ParallelBlock,
@@ -157,6 +166,18 @@ class RegistryTest(parameterized.TestCase):
     )
     self.assertFalse(_block_tpl(noqk.model(sharded=False)).use_qk_norm)
     self.assertTrue(_block_tpl(base_exp.model(sharded=False)).use_qk_norm)
+    self.assertEqual(
+        _block_tpl(base_exp.model(sharded=False)).collective_matmul,
+        base_exp.COLLECTIVE_MATMUL,
+    )
+
+  def test_pod_experiment_uses_collective_matmul(self):
+    # As ViT-22B: bidirectional rings over the (64, 16) mesh's model axis.
+    exp = experiments.ViT22BJFT()
+    self.assertEqual(exp.COLLECTIVE_MATMUL, 'bidirectional')
+    exp.check(num_devices=1024)
+    self.assertEqual(_block_tpl(exp.model()).collective_matmul,
+                     'bidirectional')
 
 
 class KnobTest(parameterized.TestCase):
@@ -179,7 +200,9 @@ class KnobTest(parameterized.TestCase):
                         ('NUM_HEADS', '2'), ('IMAGE_SIZE', 448.0),
                         ('PEAK_FLOPS_PER_DEVICE', '275e12'),
                         ('ICI_MESH_SHAPE', (2, 2, 2)), ('LOSS', 'hinge'),
-                        ('FPROP_DTYPE', 'float16'), ('INIT_OVERRIDES', 'A=1')):
+                        ('FPROP_DTYPE', 'float16'), ('INIT_OVERRIDES', 'A=1'),
+                        ('COLLECTIVE_MATMUL', 'on'),
+                        ('COLLECTIVE_MATMUL', True)):
       with self.assertRaisesRegex(TypeError, f'Knob {knob} of ViTSmoke'):
         setattr(exp, knob, value)
     exp.PEAK_LR = 1  # An int is a fine float.
@@ -207,6 +230,14 @@ class KnobTest(parameterized.TestCase):
        r"mean 'tiny'"),
       ('init', dict(INIT_CHECKPOINT_DIR='runs/x'), r'INIT_CHECKPOINT_DIR is '
        r'set but INIT_EXPERIMENT .* is empty'),
+      ('collective_matmul_sequential',
+       dict(COLLECTIVE_MATMUL='unidirectional', PARALLEL_BLOCK=False),
+       r"COLLECTIVE_MATMUL='unidirectional' needs PARALLEL_BLOCK=True"),
+      ('collective_matmul_odd_chunk',
+       dict(COLLECTIVE_MATMUL='bidirectional', MODEL_DIMS=34,
+            ICI_MESH_SHAPE=(4, 2)),
+       r"COLLECTIVE_MATMUL='bidirectional': on an even model axis \(2\) each "
+       r'chunk MODEL_DIMS / 2 = 17 .* must be even'),
   )
   def test_invalid_combination_fails_naming_the_knob(self, knob_values,
                                                      message):
@@ -243,6 +274,53 @@ class KnobTest(parameterized.TestCase):
     exp.ICI_MESH_SHAPE = None
     self.assertEqual(exp.mesh_shapes(8)[0], (8, 1))
     self.assertEqual(exp.mesh_shapes(2)[0], (2, 1))
+
+
+class CollectiveMatmulTest(absltest.TestCase):
+
+  def _first_step(self, mode):
+    """Loss and gradients of ViTSmoke's first step on a (2, 4) mesh."""
+    exp = experiments.ViTSmoke()
+    exp.NUM_HEADS = 8  # Divisible by the 4-way model axis.
+    exp.ICI_MESH_SHAPE = (2, 4)
+    exp.COLLECTIVE_MATMUL = mode
+    exp.check(num_devices=8)
+    model = base_hyperparams.instantiate(exp.task().model)
+    batch = base_hyperparams.instantiate(exp.datasets()[0]).get_next()
+    batch = jax.tree_util.tree_map(jnp.asarray, batch)
+    with base_layer.JaxContext.new_context():
+      variables = model.init(jax.random.PRNGKey(0), batch)
+      meta = model.abstract_init_with_metadata(batch)
+    mesh = jax.sharding.Mesh(
+        np.asarray(jax.devices()).reshape(2, 4), ('data', 'model'))
+    specs = base_layer.var_partition_specs(
+        meta, mesh_shape=[2, 4], device_axis_names=['data', 'model'])
+
+    def loss(v):
+      with base_layer.JaxContext.new_context():
+        metrics, _ = model.apply(v, batch, rngs={'random':
+                                                 jax.random.PRNGKey(1)})
+      return metrics['loss'][0]
+
+    with mesh:
+      placed = jax.device_put(variables, jax.tree_util.tree_map(
+          lambda s: jax.sharding.NamedSharding(mesh, s), specs))
+      step = jax.jit(jax.value_and_grad(loss))
+      jaxpr = str(jax.make_jaxpr(step)(placed))
+      return step(placed), jaxpr
+
+  def test_first_step_equals_plain(self):
+    # Through the experiment: the knob, set_sharding's mesh axes, the
+    # scanned and rematerialized stack, under jit inside `with mesh:`.
+    (loss, grads), jaxpr = self._first_step('bidirectional')
+    (want_loss, want_grads), plain_jaxpr = self._first_step('off')
+    self.assertIn('shard_map', jaxpr)
+    self.assertNotIn('shard_map', plain_jaxpr)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    for g, w in zip(jax.tree_util.tree_leaves(grads),
+                    jax.tree_util.tree_leaves(want_grads)):
+      np.testing.assert_allclose(
+          g, w, rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))
 
 
 if __name__ == '__main__':

@@ -5,7 +5,8 @@ task, datasets and programs from them. Its defaults are the ViT-22B recipe
 (recipe.py) on neutral devices: float32 activations, every device on the
 data axis, no peak FLOP/s (so no MFU). The mixins set one concern each:
 
-  TpuV4Pod       the paper's hardware: bfloat16, a (64, 16) mesh, TPUv4 peak.
+  TpuV4Pod       the paper's hardware: bfloat16, a (64, 16) mesh, TPUv4 peak,
+                 collective matmul.
   SyntheticData  in-memory synthetic images instead of TFRecords.
 
 Registered experiments (experiments.py) combine them and override a few
@@ -120,6 +121,16 @@ class ViTExperiment(knobs.KnobbedExperiment):
   ICI_MESH_SHAPE: tuple[int, int] | None = None
   DCN_MESH_SHAPE: tuple[int, int] | None = None  # e.g. (num_slices, 1).
   PEAK_FLOPS_PER_DEVICE: float | None = None  # FLOP/s; None: no MFU logged.
+  # The parallel blocks' fused input and output projections as collective
+  # matmuls over the 'model' axis (ppermute rings overlapping each chunk's
+  # transfer with the multiply of the one in hand; layers/collective_matmul
+  # .py): 'unidirectional' or 'bidirectional' (half the chunks each way
+  # round the ring). Only with PARALLEL_BLOCK and a model axis > 1 does it
+  # change the computation. The XLA alternative is windowed einsum
+  # (experiments/*.sh flags); use one or the other for the blocks.
+  COLLECTIVE_MATMUL: Literal['off', 'unidirectional', 'bidirectional'] = (
+      'off'
+  )
 
   # --- Checkpoints, summaries, eval.
   SAVE_INTERVAL_STEPS: int = 1_000
@@ -267,6 +278,7 @@ class ViTExperiment(knobs.KnobbedExperiment):
           f'size {model_axis} (ICI_MESH_SHAPE={self.ICI_MESH_SHAPE}, '
           f'DCN_MESH_SHAPE={self.DCN_MESH_SHAPE}).'
       )
+    errors += self._collective_matmul_errors(size, model_axis)
     data = self.data_axis_size(num_devices)
     for knob in ('GLOBAL_BATCH_SIZE', 'EVAL_BATCH_SIZE'):
       if getattr(self, knob) % data:
@@ -325,6 +337,24 @@ class ViTExperiment(knobs.KnobbedExperiment):
     errors += self._fewshot_errors()
     if errors:
       raise ValidationError(f'{type(self).__name__}: ' + ' '.join(errors))
+
+  def _collective_matmul_errors(
+      self, size: models.ModelSize, model_axis: int
+  ) -> list[str]:
+    """check()'s COLLECTIVE_MATMUL part (collective_matmul's preconditions)."""
+    if self.COLLECTIVE_MATMUL == 'off':
+      return []
+    knob = f'COLLECTIVE_MATMUL={self.COLLECTIVE_MATMUL!r}'
+    if not self.PARALLEL_BLOCK:
+      return [f'{knob} needs PARALLEL_BLOCK=True (the sequential block has '
+              "no fused projections); set COLLECTIVE_MATMUL='off'."]
+    # D / model_axis is whole: the NUM_HEADS checks above imply it.
+    if (self.COLLECTIVE_MATMUL == 'bidirectional' and model_axis % 2 == 0
+        and size.model_dims // model_axis % 2):
+      return [f'{knob}: on an even model axis ({model_axis}) each chunk '
+              f'MODEL_DIMS / {model_axis} = {size.model_dims // model_axis} '
+              "is sent in two halves and must be even; use 'unidirectional'."]
+    return []
 
   def _fewshot_errors(self) -> list[str]:
     """check()'s few-shot part: the knobs, with paxml's eval schedule."""
@@ -473,6 +503,7 @@ class ViTExperiment(knobs.KnobbedExperiment):
         dropout=self.DROPOUT,
         loss_type=self.LOSS,
         attention_diagnostics=self.ATTENTION_DIAGNOSTICS,
+        collective_matmul=self.COLLECTIVE_MATMUL,
     )
     model_p.map_in_training = self.MAP_IN_TRAINING
     if sharded:
@@ -610,11 +641,20 @@ class ViTExperiment(knobs.KnobbedExperiment):
 
 
 class TpuV4Pod(ViTExperiment):
-  """Mixin: the paper's hardware, one 1,024-chip TPUv4 slice (recipe.py)."""
+  """Mixin: the paper's hardware, one 1,024-chip TPUv4 slice (recipe.py).
+
+  With collective matmul, as ViT-22B trains ("asynchronous parallel linear
+  operations", Dehghani et al. 2023, Sec. 3); bidirectional because TPU ICI
+  links carry both directions at once, which halves the sequential sends
+  (8 instead of 15 on the 16-way model axis). In bfloat16 the ring's
+  running sums are rounded to bfloat16 at each step, where XLA's one dot
+  rounds once (layers/collective_matmul.py, "Numerics").
+  """
 
   FPROP_DTYPE = 'bfloat16'
   ICI_MESH_SHAPE = recipe.TPU_POD_MESH_SHAPE
   PEAK_FLOPS_PER_DEVICE = recipe.TPU_V4_PEAK_FLOPS
+  COLLECTIVE_MATMUL = 'bidirectional'
 
 
 class SyntheticData(ViTExperiment):

@@ -186,6 +186,7 @@ class ViT22BJFTSequential(ViT22BJFT):
   """ViT22BJFT with sequential blocks (ablation twin)."""
 
   PARALLEL_BLOCK = False
+  COLLECTIVE_MATMUL = 'off'  # The parallel block's fused projections only.
 
 
 @experiment_registry.register

@@ -393,6 +393,7 @@ def classifier_config(
     loss_type: str = recipe.LOSS,
     map_in_training: bool = True,
     attention_diagnostics: bool = False,
+    collective_matmul: str = 'off',
     name: str = 'vit_classifier',
 ) -> pax_fiddle.Config[ViTClassifier]:
   """Builds the ViTClassifier config for a size preset.
@@ -431,6 +432,10 @@ def classifier_config(
     map_in_training: See ViTClassifier.map_in_training.
     attention_diagnostics: Every attention (blocks and MAP head) adds its
       max-logit and entropy summaries (`AttentionCore.diagnostics`).
+    collective_matmul: The parallel blocks' `collective_matmul` ('off',
+      'unidirectional' or 'bidirectional'); takes effect once
+      sharding.set_sharding has split the heads over a 'model' axis.
+      Parallel blocks only.
     name: Model name.
 
   Returns:
@@ -445,6 +450,16 @@ def classifier_config(
     raise ValueError(
         f'hidden_dims ({size.hidden_dims}) must be divisible by num_heads '
         f'({size.num_heads}) for the parallel block.'
+    )
+  if collective_matmul not in parallel_block.COLLECTIVE_MATMUL_MODES:
+    raise ValueError(
+        f'collective_matmul must be one of '
+        f'{parallel_block.COLLECTIVE_MATMUL_MODES}, got {collective_matmul!r}.'
+    )
+  if collective_matmul != 'off' and not parallel:
+    raise ValueError(
+        f'collective_matmul={collective_matmul!r} needs the parallel block '
+        '(its fused projections); the sequential block has none.'
     )
   policy = remat_checkpoint_type(remat_policy)
   if parallel:
@@ -467,6 +482,8 @@ def classifier_config(
     return p
 
   block_p = options(pax_fiddle.Config(block_cls))
+  if parallel:
+    block_p.collective_matmul = collective_matmul
   stack_p = pax_fiddle.Config(
       transformers.StackedTransformer,
       num_layers=size.num_layers,
