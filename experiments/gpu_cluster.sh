@@ -18,9 +18,25 @@ PY=${PY:-python3}
 NUM_HOSTS_DATA=${NUM_HOSTS_DATA:-$NUM_HOSTS}
 GPUS_PER_HOST=${GPUS_PER_HOST:-8}
 
-# Overlap collectives with compute: latency-hiding scheduler, async
-# collectives, and reduce-scatter/all-gather combining thresholds.
+# XLA flags, before any XLA_FLAGS you set (a flag given twice: the last
+# wins, so yours override these).
+# Windowed einsum: --xla_gpu_threshold_for_windowed_einsum_mib=0 makes XLA
+#   decompose every sharded einsum (operands over 0 MiB; default 100000)
+#   into chunk transfers overlapped with chunk multiplies, and
+#   --xla_gpu_multi_streamed_windowed_einsum=true runs those multiplies on
+#   several compute streams: the compiler's alternative to the
+#   COLLECTIVE_MATMUL knob. For the blocks use one or the other: ViT22BJFT
+#   sets COLLECTIVE_MATMUL='bidirectional', whose rings run inside
+#   shard_map, which XLA's partitioner leaves alone, so the flags then act
+#   on the other sharded einsums (MAP head, classifier); to let XLA do the
+#   blocks too, add --fdl.COLLECTIVE_MATMUL="'off'".
+# --xla_gpu_enable_latency_hiding_scheduler=true: schedule asynchronous
+#   collectives (the rings' sends too) to overlap with compute; either
+#   approach needs it to gain anything.
+# The rest: async collectives and the all-reduce combining threshold.
 export XLA_FLAGS="\
+ --xla_gpu_threshold_for_windowed_einsum_mib=0\
+ --xla_gpu_multi_streamed_windowed_einsum=true\
  --xla_gpu_enable_latency_hiding_scheduler=true\
  --xla_gpu_enable_async_collectives=true\
  --xla_gpu_enable_async_all_gather=true\
@@ -28,7 +44,7 @@ export XLA_FLAGS="\
  --xla_gpu_enable_async_all_reduce=true\
  --xla_gpu_enable_highest_priority_async_stream=true\
  --xla_gpu_all_reduce_combine_threshold_bytes=51200\
- --xla_gpu_enable_triton_gemm=false"
+ --xla_gpu_enable_triton_gemm=false ${XLA_FLAGS:-}"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 
 "$PY" -m paxml.main \

@@ -15,11 +15,23 @@ PY=${PY:-python3}
 : "${DATA_DIR:?set DATA_DIR to the TFRecord directory (data/README.md)}"
 : "${JOB_DIR:?set JOB_DIR to a gs:// directory shared by all hosts}"
 
-# Collective matmul ("asynchronous parallel linear operations" in the paper):
-# windowed einsum for every size (threshold 0 MiB), overlapped with compute
-# by the latency-hiding scheduler; async all-gather / collective fusion.
+# libtpu flags, before any LIBTPU_INIT_ARGS you set (a flag given twice:
+# the last wins, so yours override these).
+# Windowed einsum: --xla_jf_spmd_threshold_for_windowed_einsum_mib=0 makes
+#   XLA decompose every sharded einsum (operands over 0 MiB) into a loop
+#   of chunk transfers overlapped with chunk multiplies: the compiler's
+#   alternative to the COLLECTIVE_MATMUL knob. For the blocks use one or
+#   the other: ViT22BJFT sets COLLECTIVE_MATMUL='bidirectional', whose
+#   rings run inside shard_map, which XLA's partitioner leaves alone, so
+#   the flag then acts on the other sharded einsums (MAP head, classifier);
+#   to let XLA do the blocks too, add --fdl.COLLECTIVE_MATMUL="'off'".
+# --xla_tpu_enable_latency_hiding_scheduler=true: schedule asynchronous
+#   collectives (the rings' sends too) to overlap with compute; either
+#   approach needs it to gain anything.
+# The rest: async all-gather / collective-permute and collective fusion.
 export LIBTPU_INIT_ARGS="\
  --xla_jf_spmd_threshold_for_windowed_einsum_mib=0\
+ --xla_tpu_enable_latency_hiding_scheduler=true\
  --xla_tpu_spmd_threshold_for_allgather_cse=10000\
  --xla_tpu_spmd_rewrite_einsum_with_reshape=true\
  --xla_enable_async_all_gather=true\
@@ -28,8 +40,7 @@ export LIBTPU_INIT_ARGS="\
  --xla_tpu_enable_async_collective_fusion_fuse_all_gather=true\
  --xla_tpu_enable_async_collective_fusion_multiple_steps=true\
  --xla_tpu_overlap_compute_collective_tc=true\
- --xla_tpu_enable_latency_hiding_scheduler=true\
- TPU_MEGACORE=MEGACORE_DENSE"
+ TPU_MEGACORE=MEGACORE_DENSE ${LIBTPU_INIT_ARGS:-}"
 
 "$PY" -m paxml.main \
   --exp=vit22b_pax.experiments.ViT22BJFT \

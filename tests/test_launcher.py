@@ -300,24 +300,32 @@ class LaunchRecipeTest(absltest.TestCase):
     self.assertEqual(calls[1][2:4], ['-m', 'vit22b_pax.tools.train_summary'])
 
   def test_tpu_pod(self):
-    (call,) = self._record('tpu_pod.sh', **self._ENV)
+    user = '--xla_tpu_enable_latency_hiding_scheduler=false'
+    (call,) = self._record('tpu_pod.sh', LIBTPU_INIT_ARGS=user, **self._ENV)
     exp = self._check_paxml_call(call)
     self.assertEqual(type(exp).__name__, 'ViT22BJFT')
     self.assertEqual(exp.DATA_DIR, 'gs://bucket/data')
     self.assertEqual(tuple(exp.ICI_MESH_SHAPE), (64, 16))
+    self.assertEqual(exp.COLLECTIVE_MATMUL, 'bidirectional')
     libtpu = call[0]
     for flag in ('--xla_jf_spmd_threshold_for_windowed_einsum_mib=0',
                  '--xla_tpu_enable_latency_hiding_scheduler=true'):
       self.assertIn(flag, libtpu)
+    # The user's value is kept, last (a repeated flag: the last wins).
+    self.assertTrue(libtpu.endswith(' ' + user), libtpu)
 
   def test_gpu_cluster(self):
-    (call,) = self._record('gpu_cluster.sh', **self._ENV)
+    user = '--xla_gpu_threshold_for_windowed_einsum_mib=64'
+    (call,) = self._record('gpu_cluster.sh', XLA_FLAGS=user, **self._ENV)
     exp = self._check_paxml_call(call)
     self.assertEqual(exp.mesh_shapes(), ((1, 8), (128, 1)))
     self.assertIn('--multiprocess_gpu', call)
     for flag in ('--xla_gpu_enable_latency_hiding_scheduler=true',
-                 '--xla_gpu_enable_async_collectives=true'):
+                 '--xla_gpu_enable_async_collectives=true',
+                 '--xla_gpu_threshold_for_windowed_einsum_mib=0',
+                 '--xla_gpu_multi_streamed_windowed_einsum=true'):
       self.assertIn(flag, call[1])
+    self.assertTrue(call[1].endswith(' ' + user), call[1])
 
   def test_finetune(self):
     (call,) = self._record('finetune.sh', **self._ENV)
