@@ -239,6 +239,26 @@ class CollectiveBlockTest(parameterized.TestCase):
     self.assertNotIn('shard_map', jaxpr)
     np.testing.assert_array_equal(outs[0], outs[1])
 
+  def test_bfloat16(self):
+    # The TPU experiments' dtype: the ring's running sums are rounded to
+    # bfloat16 at each step, so agreement is to bfloat16 precision (a
+    # wrong chunk errs by the output's scale).
+    _, out, _, _ = _run('bidirectional', (2, 4), fprop_dtype=jnp.bfloat16)
+    _, want, _, _ = _run('off', (2, 4), fprop_dtype=jnp.bfloat16)
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(out, want, atol=2e-2 * scale)
+
+  def test_classifier_config(self):
+    size = models.ModelSize(D, 1, F, N, H, 4, 8)
+    p = models.classifier_config(size, 8, collective_matmul='unidirectional')
+    block = p.encoder_tpl.transformer_layer_params_tpl
+    self.assertEqual(block.collective_matmul, 'unidirectional')
+    with self.assertRaisesRegex(ValueError, 'needs the parallel block'):
+      models.classifier_config(size, 8, parallel=False,
+                               collective_matmul='bidirectional')
+    with self.assertRaisesRegex(ValueError, "one of .* got 'on'"):
+      models.classifier_config(size, 8, collective_matmul='on')
+
   def test_rejects_unknown_mode(self):
     p, _ = ref.block_config(parallel_block.ParallelBlock)
     layer = pax_fiddle.instantiate(p.set(collective_matmul='on'))
