@@ -326,8 +326,9 @@ class ParallelBlock(block_base.BlockBase):
   ) -> tuple[JTensor, JTensor]:
     """_branches with the two projections as collective matmuls.
 
-    The normed x stays split on D (its LayerNorm reduces [B, T] statistics
-    over 'model'), the ring gathers it chunk by chunk; the fused activation
+    The normed x stays split on D as the residual stream is (sharding.py's
+    training_optimized split; its LayerNorm reduces [B, T] statistics over
+    'model'), and the ring gathers it chunk by chunk; the fused activation
     [B, T, N, K] is sliced per head into q, k, v and the MLP's F/N units;
     [context | hidden] [B, T, N, J] is the output ring's operand.
     """
