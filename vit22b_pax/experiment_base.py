@@ -126,8 +126,9 @@ class ViTExperiment(knobs.KnobbedExperiment):
   # transfer with the multiply of the one in hand; layers/collective_matmul
   # .py): 'unidirectional' or 'bidirectional' (half the chunks each way
   # round the ring). Parallel blocks only (check() rejects it with
-  # PARALLEL_BLOCK=False); on a model axis of 1 the plain einsums run. The XLA alternative is windowed einsum
-  # (experiments/*.sh flags); use one or the other for the blocks.
+  # PARALLEL_BLOCK=False); on a model axis of 1 the plain einsums run. The
+  # XLA alternative is windowed einsum (experiments/*.sh flags); use one or
+  # the other for the blocks.
   COLLECTIVE_MATMUL: Literal['off', 'unidirectional', 'bidirectional'] = (
       'off'
   )
