@@ -43,6 +43,7 @@ import re
 import shutil
 import tempfile
 from typing import Any, NamedTuple
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -63,6 +64,7 @@ from vit22b_pax import knobs
 from vit22b_pax import models
 from vit22b_pax import sharding
 from vit22b_pax.input import synthetic
+from vit22b_pax.layers import parallel_block
 from vit22b_pax.tools import train_summary
 
 P = jax.sharding.PartitionSpec
@@ -604,9 +606,14 @@ class ReadmeSplitTableTest(absltest.TestCase):
         with base_layer.JaxContext.new_context():
           return model.apply(v, b, method=model.compute_predictions)
 
-      with mesh:
-        jaxpr = jax.make_jaxpr(forward)(variables, batch)
-      seen_activations |= _constraints(jaxpr.jaxpr)
+      # The parallel block multiplies per part on this one-device mesh and
+      # by the whole fused weights when 'model' has several devices.
+      for model_devices in (1, 2):
+        with mesh, mock.patch.object(
+            parallel_block.ParallelBlock, '_model_axis_devices',
+            return_value=model_devices):
+          jaxpr = jax.make_jaxpr(forward)(variables, batch)
+        seen_activations |= _constraints(jaxpr.jaxpr)
     self.assertEqual(set(weights), seen_weights, 'README rows of nothing')
     self.assertEqual(set(activations), seen_activations)
     self.assertLen(activations, len(set(activations)))

@@ -6,10 +6,18 @@ with ONE shared pre-LN, ONE fused input projection producing q, k, v and
 the MLP-in activations, and ONE fused output projection consuming the
 attention context and the MLP hidden activations, with one bias.
 
-The projections' weights are stored fused (below); the compute multiplies
-by slices of them, one matmul per part, and sums the two output products:
-on XLA:CPU that is faster than one big matmul whose activation is then
-sliced and concatenated (see `ParallelBlock._project`; BENCHMARKS.md).
+The projections' weights are always stored fused (below). How they are
+multiplied depends on the mesh:
+  - heads split over a model axis of several devices: ONE matmul in and
+    ONE out by the whole fused weights (or collective matmuls, below), so
+    the normed x is all-gathered over 'model' once and the output
+    all-reduced once per block and direction, as the paper's layout
+    intends;
+  - otherwise (one device, or a data-only mesh): one matmul per part on
+    slices of the fused weights, the two output products summed. On
+    XLA:CPU that is faster than one big matmul whose activation is then
+    sliced and concatenated (see `ParallelBlock._project`; BENCHMARKS.md),
+    and with no model axis there is no collective to save.
 
 Weight layout. The fused weights are grouped by head so that sharding the
 head axis N over the 'model' mesh axis gives every device whole heads plus
@@ -45,8 +53,7 @@ of the chunk in hand, as ViT-22B does (Dehghani et al. 2023, Sec. 3,
 of the whole normed x before the input projection and all-reduce of the
 whole output after the output projection. The MLP activations are then
 head-major [B, T, N, F/N] (the fused activation's columns), not
-feature-major. Same variables, same values up to float rounding; the
-default path below is the one tuned for XLA:CPU.
+feature-major. Same variables, same values up to float rounding.
 
 Remat names: 'combined_qkv_proj' (the input projection: q, k, v and the
 MLP pre-activations), 'logits', 'context', 'out_proj' (the output
@@ -54,6 +61,8 @@ projection), as praxis checkpoint policies expect.
 """
 
 from __future__ import annotations
+
+import math
 
 from jax import numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
@@ -215,18 +224,41 @@ class ParallelBlock(block_base.BlockBase):
     q, k, v = parts
     w_mlp = w[..., 3 * h :].reshape(d, n * self.mlp_per_head)
     mlp = jnp.einsum('MD,DF->FM', x.reshape(b * t, d), w_mlp)
-    if self.in_bias_width:
-      bias = self.theta.b_in.reshape(n, self.in_bias_width)
-      if self.use_qkv_bias:
-        q = q + bias[:, :h]
-        k = k + bias[:, h : 2 * h]
-        v = v + bias[:, 2 * h : 3 * h]
-      if self.use_mlp_bias:
-        mlp = mlp + bias[:, -self.mlp_per_head :].reshape(-1, 1)
+    q, k, v, mlp = self._add_in_bias(
+        q, k, v, mlp, lambda b: b.reshape(-1, 1)
+    )
     # The same values the fused activation held, under its remat name.
     q, k, v, mlp = (checkpoint_name(a, 'combined_qkv_proj')
                     for a in (q, k, v, mlp))
     return q, k, v, self._shard_fm(mlp)
+
+  def _add_in_bias(self, q, k, v, mlp, mlp_bias_layout):
+    """Adds b_in's parts (if any) to q, k, v [B, T, N, H] and the MLP.
+
+    Per part, not on the fused activation: the bias gradients then stay
+    [N, H] and [N, F/N] pieces, as the weights' slices are.
+
+    Args:
+      q: [B, T, N, H] queries; k, v likewise.
+      k: keys.
+      v: values.
+      mlp: MLP pre-activations, [F, B*T] or [B, T, N, F/N].
+      mlp_bias_layout: maps the [N, F/N] MLP bias to mlp's layout.
+
+    Returns:
+      (q, k, v, mlp) with the biases added.
+    """
+    if not self.in_bias_width:
+      return q, k, v, mlp
+    h = self.head_dim
+    bias = self.theta.b_in.reshape(self.num_heads, self.in_bias_width)
+    if self.use_qkv_bias:
+      q = q + bias[:, :h]
+      k = k + bias[:, h : 2 * h]
+      v = v + bias[:, 2 * h : 3 * h]
+    if self.use_mlp_bias:
+      mlp = mlp + mlp_bias_layout(bias[:, -self.mlp_per_head :])
+    return q, k, v, mlp
 
   def _shard_fm(self, x: JTensor) -> JTensor:
     """Shards feature-major MLP activations [F, B*T]: F like the heads."""
@@ -272,10 +304,10 @@ class ParallelBlock(block_base.BlockBase):
     mask = self._atten_mask(inputs, paddings, attention_mask, cross_inputs)
     inputs = self._shard_bld(inputs)
     axes = self._collective_axes()
-    if axes is None:
-      out, probs = self._branches(inputs, mask)
+    if axes is not None or self._model_axis_devices() > 1:
+      out, probs = self._fused_branches(inputs, mask, axes)
     else:
-      out, probs = self._collective_branches(inputs, mask, axes)
+      out, probs = self._branches(inputs, mask)
     if self.use_mlp_bias:
       out = out + self.theta.b_out
     out = checkpoint_name(out, 'out_proj')
@@ -320,43 +352,57 @@ class ParallelBlock(block_base.BlockBase):
         out_weight_data_axis=w_out[2],
     )
 
-  def _collective_branches(
-      self, inputs: JTensor, mask: JTensor | None,
-      axes: dict[str, cm.AxisSpec],
-  ) -> tuple[JTensor, JTensor]:
-    """_branches with the two projections as collective matmuls.
+  def _model_axis_devices(self) -> int:
+    """Devices of the active mesh on the heads' axis (blnh[2]); 1 if none."""
+    blnh = self.activation_split_dims_mapping.blnh
+    mesh = cm.current_mesh()
+    if blnh is None or blnh[2] is None or mesh is None:
+      return 1
+    axes = blnh[2] if isinstance(blnh[2], tuple) else (blnh[2],)
+    return math.prod(mesh.shape[a] for a in axes)
 
-    The normed x stays split on D as the residual stream is (sharding.py's
-    training_optimized split; its LayerNorm reduces [B, T] statistics over
-    'model'), and the ring gathers it chunk by chunk; the fused activation
-    [B, T, N, K] is sliced per head into q, k, v and the MLP's F/N units;
-    [context | hidden] [B, T, N, J] is the output ring's operand.
+  def _fused_branches(
+      self, inputs: JTensor, mask: JTensor | None,
+      axes: dict[str, cm.AxisSpec] | None,
+  ) -> tuple[JTensor, JTensor]:
+    """_branches with ONE input and ONE output matmul by the fused weights.
+
+    Used when the heads are split over a model axis of several devices: per
+    part matmuls (_branches) would each all-gather the normed x over that
+    axis and each all-reduce their output product (4 gathers and 2
+    reductions per block and direction, seen in the compiled HLO), the fused
+    matmuls one of each. With `axes` (collective_matmul on) the two are
+    collective matmuls: the normed x stays split on D as the residual stream
+    is (sharding.py's training_optimized split; its LayerNorm reduces
+    [B, T] statistics over 'model'), and the ring gathers it chunk by chunk.
+    The fused activation [B, T, N, K] is sliced per head into q, k, v and
+    the MLP's F/N units; [context | hidden] [B, T, N, J] is the output
+    matmul's operand.
     """
-    h, fn = self.head_dim, self.mlp_per_head
-    common = dict(
-        data_axis=axes['data_axis'],
-        model_axis=axes['model_axis'],
-        bidirectional=self.collective_matmul == 'bidirectional',
-    )
+    h = self.head_dim
     x = self._shard_bld(self.ln(inputs))
-    fused = cm.all_gather_matmul(
-        x, self.theta.w_in,
-        weight_data_axis=axes['in_weight_data_axis'], **common,
-    )
-    if self.in_bias_width:
-      bias = self.theta.b_in.reshape(self.num_heads, self.in_bias_width)
-      if not self.use_qkv_bias:
-        bias = jnp.pad(bias, ((0, 0), (3 * h, 0)))
-      elif not self.use_mlp_bias:
-        bias = jnp.pad(bias, ((0, 0), (0, fn)))
-      fused = fused + bias
+    if axes is None:
+      fused = jnp.einsum('BTD,DNK->BTNK', x, self.theta.w_in)
+    else:
+      common = dict(
+          data_axis=axes['data_axis'],
+          model_axis=axes['model_axis'],
+          bidirectional=self.collective_matmul == 'bidirectional',
+      )
+      fused = cm.all_gather_matmul(
+          x, self.theta.w_in,
+          weight_data_axis=axes['in_weight_data_axis'], **common,
+      )
     fused = self._shard_blnh(checkpoint_name(fused, 'combined_qkv_proj'))
     q, k, v = (self._shard_blnh(fused[..., i * h : (i + 1) * h])
                for i in range(3))
     mlp = self._shard_blnh(fused[..., 3 * h :])
+    q, k, v, mlp = self._add_in_bias(q, k, v, mlp, lambda b: b)
     context, probs = self.attention(q, k, v, mask)
     hidden = self._shard_blnh(self.relu_dropout(self.activation(mlp)))
     y = self._shard_blnh(jnp.concatenate([context, hidden], axis=-1))
+    if axes is None:
+      return jnp.einsum('BTNJ,NJD->BTD', y, self.theta.w_out), probs
     out = cm.matmul_reduce_scatter(
         y, self.theta.w_out,
         weight_data_axis=axes['out_weight_data_axis'], **common,
