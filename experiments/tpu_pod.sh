@@ -40,7 +40,7 @@ export LIBTPU_INIT_ARGS="\
  --xla_tpu_enable_async_collective_fusion_fuse_all_gather=true\
  --xla_tpu_enable_async_collective_fusion_multiple_steps=true\
  --xla_tpu_overlap_compute_collective_tc=true\
- TPU_MEGACORE=MEGACORE_DENSE ${LIBTPU_INIT_ARGS:-}"
+ ${LIBTPU_INIT_ARGS:-}"
 
 "$PY" -m paxml.main \
   --exp=vit22b_pax.experiments.ViT22BJFT \
