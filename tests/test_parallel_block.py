@@ -9,9 +9,7 @@ import jax
 from jax import numpy as jnp
 import numpy as np
 from praxis import base_layer
-from praxis import pax_fiddle
 from praxis.layers import attentions
-from praxis.layers import transformers
 
 import layer_reference as ref
 from vit22b_pax.layers import parallel_block
@@ -159,7 +157,7 @@ class ParallelBlockTest(parameterized.TestCase):
   def test_vit22b_48_block_scanned_stack_is_paper_size(self):
     # One scanned layer of 48 repeats: matrices are the paper's 21,743M.
     p, _ = block_config(d=6144, f=24576, n=48, dim_per_head=128)
-    stack = stack_config(p, num_layers=48, repeated=True)
+    stack = ref.stack_config(p, num_layers=48, repeated=True)
     layer = instantiate(stack)
     x = jax.ShapeDtypeStruct((1, 4, 6144), jnp.float32)
     pad = jax.ShapeDtypeStruct((1, 4), jnp.float32)
@@ -211,28 +209,6 @@ class ParallelBlockTest(parameterized.TestCase):
     self.assertGreater(float(jnp.max(jnp.abs(train - clean))), 1e-2)
 
 
-def stack_config(block_p, num_layers, repeated):
-  """praxis StackedTransformer(Repeated) config around block_p."""
-  stack = pax_fiddle.Config(
-      transformers.StackedTransformer,
-      name='stack',
-      model_dims=block_p.input_dims,
-      hidden_dims=block_p.hidden_dims,
-      num_heads=block_p.num_heads,
-      dim_per_head=block_p.dim_per_head,
-      num_layers=1 if repeated else num_layers,
-      transformer_layer_params_tpl=block_p.clone(),
-  )
-  if not repeated:
-    return stack
-  return pax_fiddle.Config(
-      transformers.StackedTransformerRepeated,
-      name='repeated',
-      block=stack,
-      x_times=num_layers,
-  )
-
-
 class StackingTest(parameterized.TestCase):
   """The block inside praxis StackedTransformer / StackedTransformerRepeated."""
 
@@ -245,7 +221,7 @@ class StackingTest(parameterized.TestCase):
   @parameterized.named_parameters(('stacked', False), ('repeated', True))
   def test_two_layer_stack_equals_blocks_in_sequence(self, repeated):
     block_p, _ = block_config()
-    stack = instantiate(stack_config(block_p, 2, repeated))
+    stack = instantiate(ref.stack_config(block_p, 2, repeated))
     block = instantiate(block_p)
     x, paddings = inputs_and_paddings()
     variables = ref.perturb(init(stack, x, paddings), seed=6)
