@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from vit22b_pax.input import data_format
@@ -114,8 +115,17 @@ def multi_hot(
   ids = tf.cast(label_ids, tf.int64)
   if ancestors is not None:
     flat, lengths = ancestors
-    table = tf.RaggedTensor.from_row_lengths(
-        tf.constant(flat, tf.int64), tf.constant(lengths, tf.int64)
+    # Row splits from the (trusted, constant) table at trace time, without
+    # the validation ops from_row_lengths runs per call: they cost ~20% of
+    # the training input's throughput.
+    splits = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    if splits[-1] != len(flat):
+      raise ValueError(
+          f'Ancestor table: row lengths sum to {splits[-1]}, but it lists'
+          f' {len(flat)} ids.'
+      )
+    table = tf.RaggedTensor.from_row_splits(
+        tf.constant(flat, tf.int64), tf.constant(splits), validate=False
     )
     ids = tf.gather(table, ids).flat_values
   hits = tf.scatter_nd(
