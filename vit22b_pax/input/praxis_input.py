@@ -427,12 +427,17 @@ class MultiLabelImageInput(resumable.ResumableInput):
     s, c = self.image_size, self.num_classes
 
     def example(index, record):
-      # Host-stream slot `slot`: row `row` of global batch `step`.
-      # Augmentation seeded by (slice, position in slice) of the slot.
-      slot = first_slot + index
-      step, row = slot // self.batch_size, slot % self.batch_size
-      k = first_slice + row // rows
-      where = k * 2**40 + step * rows + row % rows
+      # Augmentation seeded by (slice k, position in slice k) of host-stream
+      # slot first_slot + index: row `row` of global batch `step`.
+      if per_host == 1:
+        # The slice's position is the slot. One op instead of ten: per
+        # example, scalar ops cost about as much as the image's (~8%).
+        where = first_slice * 2**40 + first_slot + index
+      else:
+        slot = first_slot + index
+        step, row = slot // self.batch_size, slot % self.batch_size
+        k = first_slice + row // rows
+        where = k * 2**40 + step * rows + row % rows
       ex = preprocessing.parse_and_decode(record, c)
       ex = tasks.set_labels(ex, c, table)
       ex = tasks.set_train_view(
@@ -440,13 +445,13 @@ class MultiLabelImageInput(resumable.ResumableInput):
           self.crop_min_area,
       )
       ex['weight'] = tf.constant(1.0, tf.float32)
-      ex['slot'] = slot
+      ex['index'] = index
       return ex
 
     # All per-example work in one parallel map, then straight into batches
     # (tf.data fuses map + batch): a scan or unbatch between them serializes
     # every example and cost ~45% of the throughput. Bad records are
-    # dropped here and their slots refilled by get_next (_fill_slots).
+    # dropped here and their slots refilled by get_next (_next_train_batch).
     ds = raw.enumerate().map(example, num_parallel_calls=tf.data.AUTOTUNE)
     # log_warning: each bad record's TF error is logged once, e.g.
     # "Invalid PNG data" or the label assertion.
@@ -558,29 +563,30 @@ class MultiLabelImageInput(resumable.ResumableInput):
         self.write_stats()
 
   def _next_train_batch(self) -> dict[str, np.ndarray]:
-    """The rows of host-stream slots [n * B, (n + 1) * B), n the batch.
+    """The rows of host-stream indices [i * B, (i + 1) * B) (batch i).
 
-    The dataset yields batches of the surviving examples with their slots
-    (ascending); a slot whose record was bad is missing and becomes a
-    weight-0 row (zero image and labels, id '').
+    The dataset yields batches of the surviving examples with their index
+    in the host stream (ascending); the index of a bad record is missing
+    and its row becomes a weight-0 row (zero image and labels, id '').
     """
     b = self.batch_size
-    begin, end = self._next_batch * b, (self._next_batch + 1) * b
+    begin = (self._next_batch - self.start_batch) * b
+    end = begin + b
     pool = self._carry
-    # All survivors below `end` are in the pool once it holds a later slot
-    # or slot end - 1; the pool's B-th row is at slot >= begin + B - 1.
-    while pool is None or pool['slot'][-1] < end - 1:
+    # All survivors below `end` are in the pool once it holds index end - 1
+    # or a later one; its B-th row is at index >= begin + B - 1.
+    while pool is None or pool['index'][-1] < end - 1:
       more = next(self._iter)
       pool = more if pool is None else {
           k: np.concatenate([pool[k], more[k]]) for k in pool
       }
-    n = int(np.searchsorted(pool['slot'], end))
+    n = int(np.searchsorted(pool['index'], end))
     self._carry = {k: v[n:] for k, v in pool.items()} if n < len(
-        pool['slot']) else None
+        pool['index']) else None
     if n == b:  # No bad record in the batch: the rows as they are.
       return {k: v[:b] for k, v in pool.items()}
     self._train_bad += b - n
-    rows = pool['slot'][:n] - begin
+    rows = pool['index'][:n] - begin
     batch = {}
     for k, v in pool.items():
       batch[k] = np.zeros((b,) + v.shape[1:], v.dtype)
