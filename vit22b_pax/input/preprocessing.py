@@ -46,18 +46,18 @@ def parse_and_decode(
     {'image': uint8 [H, W, 3], 'label_ids': int64 [L], 'id': string}.
   """
   ex = tf.io.parse_single_example(serialized, _FEATURES)
-  label_ids = tf.sparse.to_dense(ex[data_format.LABEL_KEY])
-  in_range = tf.reduce_all(
-      (label_ids >= 0) & (label_ids < tf.constant(num_classes, tf.int64))
-  )
-  check = tf.debugging.Assert(
-      in_range, ['label id outside [0, num_classes):', label_ids]
+  # Gathering the ids from range(num_classes) is the range check: it fails
+  # with "indices[i] = id is not in [0, num_classes)". Unlike an Assert it
+  # needs no control flow, which the training map's single-threaded
+  # executor cannot run (praxis_input).
+  label_ids = tf.gather(
+      tf.range(num_classes, dtype=tf.int64),
+      tf.sparse.to_dense(ex[data_format.LABEL_KEY]),
+      name='label_id_in_range',
   )
   image = tf.io.decode_image(
       ex[data_format.IMAGE_KEY], channels=3, expand_animations=False
   )
-  with tf.control_dependencies([check]):
-    label_ids = tf.identity(label_ids)
   image.set_shape([None, None, 3])
   return {'image': image, 'label_ids': label_ids, 'id': ex[data_format.ID_KEY]}
 
@@ -211,8 +211,18 @@ def train_image(
 ) -> tf.Tensor:
   """Training view: inception crop, random flip, values in [-1, 1]."""
   out = inception_crop(image, size, seeds[0], min_area=min_area)
-  out = tf.image.stateless_random_flip_left_right(out, seed=seeds[1])
-  return to_unit_range(out)
+  return to_unit_range(random_flip_left_right(out, seeds[1]))
+
+
+def random_flip_left_right(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """tf.image.stateless_random_flip_left_right of [H, W, C], without tf.cond.
+
+  The same coin (a stateless uniform below 0.5) and the same output; the
+  flip reverses the width axis or none, so the op runs without control
+  flow (see parse_and_decode).
+  """
+  flip = tf.random.stateless_uniform([], seed=seed, minval=0, maxval=1.0) < 0.5
+  return tf.reverse(image, tf.range(1, 1 + tf.cast(flip, tf.int32)))
 
 
 def eval_image(
