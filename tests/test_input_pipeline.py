@@ -176,6 +176,20 @@ class PreprocessingTest(parameterized.TestCase):
     self.assertIn(True, flips)
     self.assertIn(False, flips)
 
+  def test_flip_matches_tf_image(self):
+    # The control-flow-free flip draws the coin of tf.image's and flips
+    # the same images the same way (both outcomes occur).
+    image = tf.constant(
+        np.random.default_rng(1).integers(0, 256, (5, 7, 3)), tf.uint8)
+    flipped = 0
+    for s in range(16):
+      seed = tf.constant([s, 7])
+      got = preprocessing.random_flip_left_right(image, seed).numpy()
+      want = tf.image.stateless_random_flip_left_right(image, seed).numpy()
+      np.testing.assert_array_equal(got, want)
+      flipped += int(not np.array_equal(got, image.numpy()))
+    self.assertBetween(flipped, 1, 15)
+
   def test_eval_central_crop_offsets(self):
     image = np.arange(8 * 12 * 3, dtype=np.float32).reshape(8, 12, 3)
     # crop_fraction 0.5: shorter side 8 = 4 / 0.5, so no resize; the crop
@@ -315,6 +329,25 @@ class PipelineTest(parameterized.TestCase):
     path = os.path.join(stats_dir, 'input_stats', 'train.host0.json')
     with open(path) as f:
       self.assertEqual(json.load(f)['num_bad_records'], 5)
+
+  def test_train_bad_slots_across_batches(self):
+    # Batches of 4 over epochs of 10 records: bad slots fall at every row
+    # and straddle batch edges; the good rows keep their records.
+    inp = _input(self.bad, 'train', batch_size=4, shuffle_buffer_size=1)
+    for n in range(10):
+      b = inp.get_next()
+      for r in range(4):
+        i = (4 * n + r) % 10
+        if i in BAD_POSITIONS:
+          self.assertEqual(b.weight[r], 0.0)
+          np.testing.assert_array_equal(b.image[r], 0.0)
+          np.testing.assert_array_equal(b.labels[r], 0.0)
+        else:
+          self.assertEqual(b.weight[r], 1.0)
+          self.assertEqual(_index_of(b.image[r]), i)
+          np.testing.assert_array_equal(b.labels[r], _want_labels(i))
+    # 40 slots: four epochs of three bad records.
+    self.assertEqual(inp.num_bad_records, 12)
 
   def test_eval_drops_and_counts_bad_records(self):
     inp = _input(self.bad, batch_size=4)
