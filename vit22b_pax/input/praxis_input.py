@@ -31,7 +31,7 @@ or on restarts.
     record counts (dataset_info.json), then at most one file's and one
     block's raw records are read and dropped; nothing is decoded twice.
   * Bad records. A record that fails to decode (see
-    preprocessing.decode_records) keeps its slot as a weight-0 example
+    preprocessing.parse_and_decode) keeps its slot as a weight-0 example
     (zero image, no labels), which the loss and metrics ignore; so the
     position of every later example does not depend on which records are
     bad. This was a skip before: a skip shifts every later example by one,
@@ -56,10 +56,10 @@ a split holds more records than dataset_info.json says, the pass fails
 instead of dropping any.
 
 The per-host count of records that failed to decode is `num_bad_records`
-(in training, since this process started); it is logged and written to
-<stats_dir>/input_stats/<name>.host<k>.json (stats_dir defaults to paxml's
---job_log_dir) when it reaches 1, 2, 4, 8, ..., at the end of each eval
-pass and at exit, for the run summary.
+(in training, the weight-0 rows emitted since the start or reset()); it
+is logged and written to <stats_dir>/input_stats/<name>.host<k>.json
+(stats_dir defaults to paxml's --job_log_dir) when it reaches 1, 2, 4, 8,
+..., at the end of each eval pass and at exit, for the run summary.
 """
 
 from __future__ import annotations
