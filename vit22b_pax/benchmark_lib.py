@@ -480,15 +480,25 @@ def ensure_dataset(data_dir: str | None, quick: bool) -> str:
   return data_dir
 
 
-def input_window(next_batch: Callable[[], Any], drain: int, batches: int):
-  """A callable that pulls `drain` batches untimed, then times `batches`.
+def input_window(
+    start: Callable[[], Callable[[], Any]],
+    stop: Callable[[], None],
+    drain: int,
+    batches: int,
+):
+  """A callable timing one pipeline's steady state from a fresh iterator.
 
-  Input pipelines produce ahead in background threads: while one pipeline
-  is timed, another fills its buffers. Draining first makes each timed
-  window measure steady-state production, not buffered batches.
+  Input pipelines produce ahead in background threads: a pipeline left
+  running while another is timed fills its buffers with CPU taken from the
+  timed one, and its own next window then times buffered batches (in
+  --quick runs the baseline's windows ran at twice what 2 cores can
+  decode). So each window starts the pipeline afresh (`start`), pulls
+  `drain` batches untimed (start-up, autotuning), times `batches`, and
+  `stop`s it: a stopped or fresh, unpulled tf.data iterator runs nothing.
 
   Args:
-    next_batch: Returns the next batch.
+    start: Starts the pipeline afresh; returns its next-batch callable.
+    stop: Stops it (drops or replaces its iterator).
     drain: Batches pulled before the clock starts.
     batches: Batches timed.
 
@@ -497,12 +507,16 @@ def input_window(next_batch: Callable[[], Any], drain: int, batches: int):
   """
 
   def run() -> float:
+    next_batch = start()
     for _ in range(drain):
       next_batch()
-    start = time.perf_counter()
+    begin = time.perf_counter()
     for _ in range(batches):
       next_batch()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - begin
+    del next_batch
+    stop()
+    return seconds
 
   return run
 
@@ -646,13 +660,26 @@ def benchmark_input(
   batch_size = inp.batch_size
   baseline = baseline_input_dataset(
       train_exp.DATA_DIR, train_exp.TRAIN_SPLIT, size, batch_size
-  ).as_numpy_iterator()
+  )
+  live = {}
+
+  def start_pipeline():
+    inp.reset()  # A fresh iterator, from the input's first batch.
+    return inp.get_next
+
+  def start_baseline():
+    live['baseline'] = baseline.as_numpy_iterator()
+    return live['baseline'].__next__
+
+  # inp.reset() leaves a fresh iterator, idle until pulled.
   fns = {
       'pipeline': input_window(
-          inp.get_next, settings.input_drain, settings.input_batches
+          start_pipeline, inp.reset, settings.input_drain,
+          settings.input_batches,
       ),
       'baseline': input_window(
-          lambda: next(baseline), settings.input_drain, settings.input_batches
+          start_baseline, live.clear, settings.input_drain,
+          settings.input_batches,
       ),
   }
   timings = interleaved(fns, settings.input_reps, 1, label='input')
