@@ -387,11 +387,10 @@ def _block_step_hlo(block_cfg) -> hlo_text.Hlo:
 def _tally(hlo: hlo_text.Hlo):
   """Collectives by (direction, kind, axes, role): [count, elements].
 
-  Roles: 'residual' (a [B/d, T, D] activation, or its [B/d * T, D]
-  reshape, D whole), 'small' (at most D elements: norm statistics,
-  vectors), 'weight' (over 'data', a D dim whole and no batch or token dim:
-  a block matrix, or a piece of one, gathered, or its gradient reduced),
-  'unexpected' (anything else).
+  Roles: 'residual' (a [B/d, T, D] activation, D whole), 'small' (at most
+  D elements: norm statistics, vectors), 'weight' (over 'data', a D dim
+  whole and no batch or token dim: a block matrix, or a piece of one,
+  gathered, or its gradient reduced), 'unexpected' (anything else).
   Direction: 'bwd' for ops jax traced in the transpose (backward), 'fwd'
   otherwise (ops XLA adds without metadata are small reshuffles).
   """
@@ -401,8 +400,7 @@ def _tally(hlo: hlo_text.Hlo):
   for op in hlo.collective_ops():
     for shape in op.shapes:
       elements = math.prod(shape)
-      # The block multiplies [b * T, D] token matrices (token_matmul).
-      if sorted(shape) in (sorted((b, T, D)), sorted((b * T, D))):
+      if sorted(shape) == sorted((b, T, D)):
         role = 'residual'
       elif elements <= D:
         role = 'small'
