@@ -256,8 +256,6 @@ class CollectiveBlockTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'needs the parallel block'):
       models.classifier_config(size, 8, parallel=False,
                                collective_matmul='bidirectional')
-    with self.assertRaisesRegex(ValueError, "one of .* got 'on'"):
-      models.classifier_config(size, 8, collective_matmul='on')
 
   def test_rejects_unknown_mode(self):
     p, _ = ref.block_config(parallel_block.ParallelBlock)

@@ -451,11 +451,6 @@ def classifier_config(
         f'hidden_dims ({size.hidden_dims}) must be divisible by num_heads '
         f'({size.num_heads}) for the parallel block.'
     )
-  if collective_matmul not in parallel_block.COLLECTIVE_MATMUL_MODES:
-    raise ValueError(
-        f'collective_matmul must be one of '
-        f'{parallel_block.COLLECTIVE_MATMUL_MODES}, got {collective_matmul!r}.'
-    )
   if collective_matmul != 'off' and not parallel:
     raise ValueError(
         f'collective_matmul={collective_matmul!r} needs the parallel block '
