@@ -4,6 +4,8 @@ import functools
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
+from jax import numpy as jnp
 import numpy as np
 from praxis import base_layer
 
@@ -12,6 +14,32 @@ from vit22b_pax.layers import map_head
 
 instantiate = base_layer.instantiate
 head_config = functools.partial(ref.block_config, map_head.MAPHead)
+
+
+class ProjectedValuesMAPHead(map_head.MAPHead):
+  """MAPHead with the values projected per token, then attended.
+
+  The textbook order of the head's value path, for comparison with
+  MAPHead's pool-then-project (same variables, same dropout draws).
+  """
+
+  def __call__(self, inputs, paddings=None):
+    h = self.head_dim
+    probe = jnp.broadcast_to(
+        self.theta.probe[jnp.newaxis], (inputs.shape[0], 1, self.input_dims)
+    )
+    q = jnp.einsum('BTD,DNH->BTNH', probe, self.theta.w_q)
+    kv = jnp.einsum('BSD,DNK->BSNK', inputs, self.theta.w_kv)
+    if self.use_qkv_bias:
+      q = q + self.theta.b_q.reshape(self.num_heads, h)
+      kv = kv + self.theta.b_kv.reshape(self.num_heads, 2 * h)
+    mask = map_head.attention_core.mask_from_paddings(inputs, paddings)
+    context, _ = self.attention(q, kv[..., :h], kv[..., h:], mask)
+    x = jnp.einsum('BTNH,NHD->BTD', context, self.theta.w_atten_out)
+    if self.use_qkv_bias:
+      x = x + self.theta.b_atten_out
+    x = x + self.mlp(self.ln(x))
+    return x[:, 0]
 
 
 class MAPHeadTest(parameterized.TestCase):
@@ -73,6 +101,30 @@ class MAPHeadTest(parameterized.TestCase):
             'mlp/b_out': (16,),
         },
     )
+
+  @parameterized.parameters(0.0, 0.5)
+  def test_pooled_values_equal_projected_values(self, dropout):
+    # With dropout the kept probabilities no longer sum to 1: the value
+    # bias then enters with their sum, which a wrong bias term fails.
+    p, _ = head_config(use_qkv_bias=True)
+    p.attention_tpl.atten_dropout_prob = dropout
+    x, paddings = ref.inputs_and_paddings(b=4, t=9)
+    layer = instantiate(p)
+    variables = ref.perturb(ref.init(layer, x, paddings), seed=6)
+    reference = instantiate(p.clone().set(cls=ProjectedValuesMAPHead))
+    rngs = {'random': jax.random.PRNGKey(8)}
+    train_ctx = base_layer.JaxContext.HParams(do_eval=False)
+    outs = []
+    for head in (layer, reference):
+      with base_layer.JaxContext.new_context(hparams=train_ctx):
+        outs.append(head.apply(variables, x, paddings, rngs=rngs))
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    if dropout:
+      with base_layer.JaxContext.new_context(hparams=train_ctx):
+        other = layer.apply(
+            variables, x, paddings, rngs={'random': jax.random.PRNGKey(9)}
+        )
+      self.assertGreater(float(jnp.max(jnp.abs(other - outs[0]))), 1e-3)
 
   def test_rejects_wrong_width(self):
     p, _ = head_config()

@@ -4,7 +4,9 @@ A learned probe token attends over all tokens (q from the probe, k and v
 from the tokens), then x = x + MLP(LN(x)); the probe's output is the image
 representation [B, D]. Because nothing depends on token order except
 through attention (which is permutation invariant over keys), the output is
-invariant to permuting the tokens.
+invariant to permuting the tokens. The values are pooled before they are
+projected (the same sum in another order, see `__call__`): the head then
+projects B*N pooled vectors instead of B*T tokens.
 
 Variables: 'probe' [1, D]; 'w_q' [D, N, H]; 'w_kv' [D, N, 2H] (k and v
 fused, they read the same tokens); 'w_atten_out' [N, H, D]; 'b_q' [N*H],
@@ -120,12 +122,23 @@ class MAPHead(block_base.BlockOptions):
         self.theta.probe[jnp.newaxis], (inputs.shape[0], 1, self.input_dims)
     ).astype(inputs.dtype)
     q = jnp.einsum('BTD,DNH->BTNH', probe, self.theta.w_q)
-    kv = jnp.einsum('BSD,DNK->BSNK', inputs, self.theta.w_kv)
+    w_k, w_v = self.theta.w_kv[..., :h], self.theta.w_kv[..., h:]
+    k = jnp.einsum('BSD,DNH->BSNH', inputs, w_k)
     if self.use_qkv_bias:
+      b_kv = self.theta.b_kv.reshape(self.num_heads, 2 * h)
       q = q + self.theta.b_q.reshape(self.num_heads, h)
-      kv = kv + self.theta.b_kv.reshape(self.num_heads, 2 * h)
+      k = k + b_kv[:, :h]
     mask = attention_core.mask_from_paddings(inputs, paddings)
-    context, _ = self.attention(q, kv[..., :h], kv[..., h:], mask)
+    probs = self.attention.probs(q, k, mask, inputs.dtype)
+    # sum_S p (x W_v + b_v) = (sum_S p x) W_v + (sum_S p) b_v: pooling the
+    # tokens before projecting them replaces the [B*S, D] x [D, N*H] value
+    # projection (a third of the head's FLOPs) with [B, N, D] x [D, N, H].
+    pooled = jnp.einsum('BNTS,BSD->BTND', probs, inputs)
+    context = jnp.einsum('BTND,DNH->BTNH', pooled, w_v)
+    if self.use_qkv_bias:
+      # sum_S p is 1 unless dropout dropped some probabilities.
+      mass = jnp.einsum('BNTS->BTN', probs)[..., jnp.newaxis]
+      context = context + mass * b_kv[:, h:]
     x = jnp.einsum('BTNH,NHD->BTD', context, self.theta.w_atten_out)
     if self.use_qkv_bias:
       x = x + self.theta.b_atten_out
