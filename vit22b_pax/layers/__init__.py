@@ -6,6 +6,7 @@
   PatchEmbedding    [B, H, W, C] -> [B, T, D] with learned 'pos_emb' [T, D].
   resample_pos_emb  [T, D] -> [new_grid^2, D] (bilinear, align corners).
   layer_norm, rms_norm  the norm templates (praxis LayerNorm / RmsNorm).
+  GELU              praxis' GELU, the tanh form's backward from x alone.
 
 Both blocks plug into praxis StackedTransformer(.transformer_layer_params_tpl)
 and StackedTransformerRepeated.
@@ -13,6 +14,7 @@ and StackedTransformerRepeated.
 
 from vit22b_pax.layers import attention_core
 from vit22b_pax.layers import block_base
+from vit22b_pax.layers import gelu
 from vit22b_pax.layers import map_head
 from vit22b_pax.layers import mlp
 from vit22b_pax.layers import norms
@@ -22,6 +24,7 @@ from vit22b_pax.layers import sequential_block
 from vit22b_pax.layers import weights
 
 AttentionCore = attention_core.AttentionCore
+GELU = gelu.GELU
 MAPHead = map_head.MAPHead
 Mlp = mlp.Mlp
 ParallelBlock = parallel_block.ParallelBlock

@@ -23,6 +23,7 @@ from praxis.layers import activations
 from praxis.layers import stochastics
 
 from vit22b_pax.layers import attention_core
+from vit22b_pax.layers import gelu
 from vit22b_pax.layers import norms
 
 JTensor = pytypes.JTensor
@@ -48,9 +49,10 @@ class BlockOptions(base_layer.BaseLayer):
     use_qkv_bias: Biases on the q/k/v projections (and on the attention
       output projection where that is its own matmul). ViT-22B: False.
     use_mlp_bias: Biases on the MLP dense layers. ViT-22B: True.
-    activation_tpl: MLP activation. Default praxis GELU with approximate=True,
-      i.e. the tanh form, which is what flax `nn.gelu` (big_vision) computes;
-      set approximate=False for the exact erf form.
+    activation_tpl: MLP activation. Default `gelu.GELU` (praxis' GELU with
+      a lighter backward pass) with approximate=True, i.e. the tanh form,
+      which is what flax `nn.gelu` (big_vision) computes; set
+      approximate=False for the exact erf form.
     ln_tpl: Template of the LayerNorm(s) over D (praxis' field name; dim and
       sharding are set here). Default: ViT-22B's LayerNorm, no bias, scale
       used directly, float32 statistics, epsilon 1e-6 (`norms.layer_norm`);
@@ -67,7 +69,7 @@ class BlockOptions(base_layer.BaseLayer):
   use_qkv_bias: bool = False
   use_mlp_bias: bool = True
   activation_tpl: pax_fiddle.Config[activations.BaseActivation] = (
-      template_field(activations.GELU)
+      template_field(gelu.GELU)
   )
   ln_tpl: LayerTpl = template_field(norms.layer_norm)
   attention_tpl: LayerTpl = template_field(attention_core.AttentionCore)

@@ -14,6 +14,7 @@ from praxis import pytypes
 from praxis.layers import activations
 from praxis.layers import stochastics
 
+from vit22b_pax.layers import gelu
 from vit22b_pax.layers import weights
 
 JTensor = pytypes.JTensor
@@ -34,7 +35,7 @@ class Mlp(base_layer.BaseLayer):
     hidden_dims: F.
     use_bias: Whether both dense layers have a bias.
     relu_dropout_prob: Dropout on the hidden activations.
-    activation_tpl: Activation (default praxis GELU, tanh approximation).
+    activation_tpl: Activation (default `gelu.GELU`, tanh approximation).
     dropout_tpl: Template of the hidden dropout.
   """
 
@@ -43,7 +44,7 @@ class Mlp(base_layer.BaseLayer):
   use_bias: bool = True
   relu_dropout_prob: float = 0.0
   activation_tpl: pax_fiddle.Config[activations.BaseActivation] = (
-      template_field(activations.GELU)
+      template_field(gelu.GELU)
   )
   dropout_tpl: LayerTpl = template_field(stochastics.Dropout)
 
