@@ -215,9 +215,16 @@ class PatchEmbedding(base_layer.BaseLayer):
     rows, cols = height // p, width // p
     images = self._cast_to_fprop_dtype(images)
     # Y, X: patch-grid rows and columns; P, Q: pixel row and column within a
-    # patch. A stride-P convolution written as one einsum.
-    patches = images.reshape(b, rows, p, cols, p, c)
-    x = jnp.einsum('BYPXQC,PQCD->BYXD', patches, self.theta.w)
+    # patch. A stride-P convolution as one 2-D matmul over the B*Y*X
+    # patches: its weight gradient then contracts one dim, which XLA:CPU's
+    # oneDNN matmul takes as a transpose flag (a [B, Y, X] einsum had XLA
+    # copy the output gradient transposed first).
+    patches = images.reshape(b, rows, p, cols, p, c).transpose(0, 1, 3, 2, 4, 5)
+    x = jnp.einsum(
+        'MK,KD->MD',
+        patches.reshape(b * rows * cols, p * p * c),
+        self.theta.w.reshape(p * p * c, self.model_dims),
+    )
     x = x.reshape(b, rows * cols, self.model_dims) + self.theta.b
     pos = self.theta.pos_emb
     if (rows, cols) != (self.grid_size, self.grid_size):
