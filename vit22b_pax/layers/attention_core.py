@@ -177,8 +177,8 @@ class AttentionCore(base_layer.BaseLayer):
     """Adds the 'max_logit' and 'entropy' summaries from the softmax's stats.
 
     max_logit is the max of the [B, N, T] row maxima, not a second pass
-    over the [B, N, T, S] logits (on XLA:CPU that reduction cost ~3% of a
-    ViTMid train step per layer). With log p = (l - m) - log z, the entropy
+    over the [B, N, T, S] logits (on XLA:CPU that reduction took ~1.2% of
+    a 2-layer ViTMid train step per layer). With log p = (l - m) - log z, the entropy
     of a row is log z - sum_S p (l - m); its row sum runs beside the
     softmax's denominator sum. Masked keys have p = 0 and a finite l - m, so
     they add nothing. Under stop_gradient: jax would otherwise keep the
