@@ -90,14 +90,13 @@ class Timings:
   def median(self) -> float:
     return statistics.median(self.seconds)
 
-  def summary(self, scale: float = 1.0) -> dict[str, Any]:
-    """{'median', 'min', 'max', 'all'} of seconds * scale."""
-    values = [s * scale for s in self.seconds]
+  def summary(self) -> dict[str, Any]:
+    """{'median', 'min', 'max', 'all'} of the seconds."""
     return {
-        'median': statistics.median(values),
-        'min': min(values),
-        'max': max(values),
-        'all': values,
+        'median': self.median,
+        'min': min(self.seconds),
+        'max': max(self.seconds),
+        'all': list(self.seconds),
     }
 
 

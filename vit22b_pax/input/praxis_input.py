@@ -619,7 +619,7 @@ class MultiLabelImageInput(resumable.ResumableInput):
     if self.is_training:
       batch = self._next_train_batch()
       self._update_bad_count(self._train_bad)
-      self.log_ids(self._next_batch, [i.decode() for i in batch['id']])
+      self.log_ids(self._next_batch, batch['id'])
       self._next_batch += 1
       return NestedMap({k: batch[k] for k in _BATCH_KEYS})
     try:

@@ -145,11 +145,15 @@ class ResumableInput(base_input.BaseInput):
     b = self.batch_size
     return self.infeed_host_index * b + np.arange(b, dtype=np.int64)
 
-  def log_ids(self, batch: int, ids: Sequence[str]) -> None:
-    """Appends one batch's example ids to the id log (if enabled)."""
+  def log_ids(self, batch: int, ids: Sequence[str | bytes]) -> None:
+    """Appends one batch's example ids to the id log (if enabled).
+
+    bytes ids (a batch's 'id' array) are decoded only when logging.
+    """
     if self._id_log_path is None:
       return
-    line = json.dumps({'batch': int(batch), 'ids': [str(i) for i in ids]})
+    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    line = json.dumps({'batch': int(batch), 'ids': ids})
     # One write per line, flushed: a killed run leaves whole lines.
     with open(self._id_log_path, 'a') as f:
       f.write(line + '\n')

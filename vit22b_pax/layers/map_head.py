@@ -123,7 +123,10 @@ class MAPHead(block_base.BlockOptions):
     ).astype(inputs.dtype)
     q = jnp.einsum('BTD,DNH->BTNH', probe, self.theta.w_q)
     w_k, w_v = self.theta.w_kv[..., :h], self.theta.w_kv[..., h:]
-    k = jnp.einsum('BSD,DNH->BSNH', inputs, w_k)
+    b, t, d = inputs.shape
+    k = weights.token_matmul(inputs, w_k.reshape(d, -1)).reshape(
+        b, t, self.num_heads, h
+    )
     if self.use_qkv_bias:
       b_kv = self.theta.b_kv.reshape(self.num_heads, 2 * h)
       q = q + self.theta.b_q.reshape(self.num_heads, h)

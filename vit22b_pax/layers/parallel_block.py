@@ -80,26 +80,6 @@ NestedMap = py_utils.NestedMap
 COLLECTIVE_MATMUL_MODES = ('off', 'unidirectional', 'bidirectional')
 
 
-def token_matmul(x: JTensor, w: JTensor) -> JTensor:
-  """x [B, T, I] times w [I, O] -> [B, T, O], as a 2-D matmul on [B*T, I].
-
-  Why not a [B, T, I] einsum: its weight gradient contracts two dims (B, T),
-  which XLA:CPU's oneDNN matmul cannot take as a transposed operand, so XLA
-  copies the output gradient into a transposed layout (recomputing the
-  fusion that produces it); over M = B*T tokens it is one contracting dim,
-  passed to oneDNN as a transpose flag.
-
-  Args:
-    x: [B, T, I] activations.
-    w: [I, O] weights.
-
-  Returns:
-    [B, T, O].
-  """
-  b, t, i = x.shape
-  return jnp.einsum('MI,IO->MO', x.reshape(b * t, i), w).reshape(b, t, -1)
-
-
 class ParallelBlock(block_base.BlockBase):
   """ViT-22B parallel block: y = x + Attn(LN(x)) + MLP(LN(x)).
 
@@ -219,7 +199,7 @@ class ParallelBlock(block_base.BlockBase):
     w = self.theta.w_in
     parts = []
     for i in range(3):
-      part = token_matmul(x, w[..., i * h : (i + 1) * h].reshape(d, n * h))
+      part = weights.token_matmul(x, w[..., i * h : (i + 1) * h].reshape(d, n * h))
       parts.append(self._shard_blnh(part.reshape(b, t, n, h)))
     q, k, v = parts
     w_mlp = w[..., 3 * h :].reshape(d, n * self.mlp_per_head)
@@ -326,7 +306,7 @@ class ParallelBlock(block_base.BlockBase):
     # w_out [N, J, D], summed: no [B, T, N, J] concatenation (see _project).
     b, t, d = inputs.shape
     h, w = self.head_dim, self.theta.w_out
-    out = token_matmul(context.reshape(b, t, -1), w[:, :h].reshape(-1, d))
+    out = weights.token_matmul(context.reshape(b, t, -1), w[:, :h].reshape(-1, d))
     out = out + jnp.einsum(
         'FM,FD->MD', hidden, w[:, h:].reshape(-1, d)
     ).reshape(b, t, d)

@@ -215,17 +215,15 @@ class PatchEmbedding(base_layer.BaseLayer):
     rows, cols = height // p, width // p
     images = self._cast_to_fprop_dtype(images)
     # Y, X: patch-grid rows and columns; P, Q: pixel row and column within a
-    # patch. A stride-P convolution as one 2-D matmul over the B*Y*X
-    # patches: its weight gradient then contracts one dim, which XLA:CPU's
-    # oneDNN matmul takes as a transpose flag (a [B, Y, X] einsum had XLA
-    # copy the output gradient transposed first).
+    # patch. A stride-P convolution as a token matmul over the Y*X patches
+    # (weights.token_matmul: a [B, Y, X] einsum had XLA:CPU copy the output
+    # gradient transposed for the weight gradient).
     patches = images.reshape(b, rows, p, cols, p, c).transpose(0, 1, 3, 2, 4, 5)
-    x = jnp.einsum(
-        'MK,KD->MD',
-        patches.reshape(b * rows * cols, p * p * c),
+    x = weights.token_matmul(
+        patches.reshape(b, rows * cols, p * p * c),
         self.theta.w.reshape(p * p * c, self.model_dims),
     )
-    x = x.reshape(b, rows * cols, self.model_dims) + self.theta.b
+    x = x + self.theta.b
     pos = self.theta.pos_emb
     if (rows, cols) != (self.grid_size, self.grid_size):
       pos = resample_pos_emb_grid(

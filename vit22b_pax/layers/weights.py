@@ -1,4 +1,4 @@
-"""WeightHParams helpers shared by the ViT-22B layers.
+"""Weight helpers shared by the ViT-22B layers: WeightHParams, token matmul.
 
 Every layer creates its variables through these, so that each variable
 carries the layer's mesh and its own split-dims mapping (praxis shards a
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from jax import numpy as jnp
 from praxis import base_layer
 from praxis import pytypes
 
+JTensor = pytypes.JTensor
 SplitDimsMapping = pytypes.SplitDimsMapping
 WeightHParams = base_layer.WeightHParams
 
@@ -70,3 +72,23 @@ def bias_hparams(
   return weight_hparams(
       layer, shape, split, init=base_layer.WeightInit.Constant(0.0)
   )
+
+
+def token_matmul(x: JTensor, w: JTensor) -> JTensor:
+  """x [B, T, I] times w [I, O] -> [B, T, O], as a 2-D matmul on [B*T, I].
+
+  Why not a [B, T, I] einsum: its weight gradient contracts two dims (B, T),
+  which XLA:CPU's oneDNN matmul cannot take as a transposed operand, so XLA
+  copies the output gradient into a transposed layout (recomputing the
+  fusion that produces it); over M = B*T tokens it is one contracting dim,
+  passed to oneDNN as a transpose flag.
+
+  Args:
+    x: [B, T, I] activations.
+    w: [I, O] weights.
+
+  Returns:
+    [B, T, O].
+  """
+  b, t, i = x.shape
+  return jnp.einsum('MI,IO->MO', x.reshape(b * t, i), w).reshape(b, t, -1)
