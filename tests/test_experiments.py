@@ -221,6 +221,9 @@ class KnobTest(parameterized.TestCase):
        r'divisible by the data axis size 8'),
       ('eval_batch', dict(ICI_MESH_SHAPE=(4, 2), EVAL_BATCH_SIZE=6),
        r'EVAL_BATCH_SIZE=6 is not divisible by the data axis size 4'),
+      ('input_calls', dict(INPUT_PARALLEL_CALLS=0),
+       r'INPUT_PARALLEL_CALLS=0 must be positive, None \(4 per CPU core\) or'
+       r' -1 \(tf.data.AUTOTUNE\)'),
       ('schedule', dict(WARMUP_STEPS=15, COOLDOWN_STEPS=10),
        r'WARMUP_STEPS=15 \+ COOLDOWN_STEPS=10 is longer than '
        r'NUM_TRAIN_STEPS=20'),
@@ -247,6 +250,16 @@ class KnobTest(parameterized.TestCase):
       setattr(exp, k, v)
     with self.assertRaisesRegex(knobs.ValidationError, message):
       exp.check(num_devices=8)
+
+  def test_input_knobs_reach_the_training_input(self):
+    exp = experiments.ViTShapesCPU()
+    self.assertIsNone(exp.datasets()[0].num_parallel_calls)
+    exp.INPUT_PARALLEL_CALLS = 5
+    exp.INPUT_SLICES = 2
+    train, evaluation = exp.datasets()
+    self.assertEqual(train.num_parallel_calls, 5)
+    self.assertEqual(train.num_input_slices, 2)
+    self.assertEqual(evaluation.num_parallel_calls, 5)  # Unused by eval.
 
   def test_derived_values_follow_base_knobs(self):
     exp = experiments.ViTSmoke()

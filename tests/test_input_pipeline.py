@@ -5,6 +5,7 @@ import json
 import math
 import os
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -142,6 +143,30 @@ class PreprocessingTest(parameterized.TestCase):
     for label in (3, 5):
       want[list(EXPANDED[label]) if expand else [label]] = 1.0
     np.testing.assert_array_equal(got, want)
+
+  def test_ancestor_table(self):
+    table = _classes().ancestor_table()
+    self.assertEqual(table.shape, (NUM_CLASSES, 3))  # cat: cat, animal, pet.
+    for c in range(NUM_CLASSES):
+      row = [int(i) for i in table[c] if i != NUM_CLASSES]
+      self.assertEqual(set(row), EXPANDED.get(c, {c}))
+      self.assertEqual(len(row), len(set(row)))
+      # The padding sits after the ids.
+      self.assertTrue(np.all(table[c, len(row):] == NUM_CLASSES))
+
+  def test_ancestor_table_limit(self):
+    with mock.patch.object(hierarchy, 'MAX_ANCESTOR_TABLE_ENTRIES', 17):
+      with self.assertRaisesRegex(
+          hierarchy.HierarchyError, r"6 x 3 ids \(class 'c2' has 3"):
+        _classes().ancestor_table()
+
+  @parameterized.product(expand=(True, False), bad_id=(NUM_CLASSES, -1))
+  def test_multi_hot_rejects_ids_out_of_range(self, expand, bad_id):
+    table = _classes().ancestor_table() if expand else None
+    with self.assertRaisesRegex(
+        tf.errors.InvalidArgumentError, rf'{bad_id} is not in \[0, 6\)'):
+      preprocessing.multi_hot(
+          tf.constant([2, bad_id], tf.int64), NUM_CLASSES, table)
 
   def test_train_image_shape_dtype_range(self):
     rng = np.random.default_rng(0)
@@ -468,6 +493,18 @@ class TrainPositionTest(parameterized.TestCase):
     for key in ('image', 'labels', 'weight'):
       np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
+  def test_id_log_does_not_change_the_batches(self):
+    # Without the id log the ids are not parsed: the batches stay the same.
+    logged, _ = self._batches(3, batch_size=4)
+    p = praxis_input.MultiLabelImageInput.config(
+        data_dir=self.data, split='train', image_size=SIZE,
+        num_classes=NUM_CLASSES, is_training=True, crop_min_area=0.3,
+        stats_dir='', input_random_seed=5, batch_size=4)
+    inp = base_hyperparams.instantiate(p)
+    self.assertNotIn('id', inp._ds.element_spec)
+    for want in logged:
+      self._assert_same(inp.get_next(), want)
+
   @parameterized.parameters(1, 2, 4)
   def test_restart_continues_the_stream(self, slices):
     # Blocks of 3 records and epochs of 23 (K=1), 16 + 7 (K=2: whole
@@ -534,11 +571,36 @@ class TrainPositionTest(parameterized.TestCase):
         (dict(batch_size=32, num_input_slices=32),
          r"Split 'train' of .* has 23 records in 3 shards: too few for"
          r' num_input_slices=32 \(slice 23 gets none\)'),
+        (dict(batch_size=4, num_parallel_calls=0),
+         r'num_parallel_calls must be positive, None or tf.data.AUTOTUNE'
+         r' \(-1\), got 0'),
     )
     for kwargs, message in cases:
       with self.assertRaisesRegex(ValueError, message):
         base_hyperparams.instantiate(
             praxis_input.MultiLabelImageInput.config(**base, **kwargs))
+
+  @parameterized.parameters(1, 3, tf.data.AUTOTUNE, None)
+  def test_batches_do_not_depend_on_map_parallelism(self, calls):
+    # The map returns its examples in order, however many run at once.
+    ref, _ = self._batches(6, batch_size=4, num_parallel_calls=8)
+    got, _ = self._batches(6, batch_size=4, num_parallel_calls=calls)
+    for g, r in zip(got, ref):
+      self._assert_same(g, r)
+
+  def test_map_parallel_calls(self):
+    base = dict(data_dir=self.data, split='train', image_size=SIZE,
+                num_classes=NUM_CLASSES, is_training=True, stats_dir='',
+                batch_size=4)
+    make = lambda **kw: base_hyperparams.instantiate(
+        praxis_input.MultiLabelImageInput.config(**base, **kw))
+    cores = len(os.sched_getaffinity(0))
+    self.assertEqual(make().map_parallel_calls,
+                     praxis_input.PARALLEL_CALLS_PER_CORE * cores)
+    self.assertEqual(make(num_parallel_calls=3).map_parallel_calls, 3)
+    self.assertEqual(
+        make(num_parallel_calls=tf.data.AUTOTUNE).map_parallel_calls,
+        tf.data.AUTOTUNE)
 
 
 if __name__ == '__main__':

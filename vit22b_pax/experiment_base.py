@@ -96,6 +96,9 @@ class ViTExperiment(knobs.KnobbedExperiment):
   # batches depend on the seed and this, not on the number of hosts it
   # divides. None: one slice per host.
   INPUT_SLICES: int | None = None
+  # Training examples decoded and augmented at once per host; None: 4 per
+  # CPU core (praxis_input.PARALLEL_CALLS_PER_CORE), -1: tf.data.AUTOTUNE.
+  INPUT_PARALLEL_CALLS: int | None = None
   # Each host appends every training batch's example ids to
   # <job_log_dir>/input_ids/train.host<k>.jsonl (input/resumable.py).
   LOG_EXAMPLE_IDS: bool = False
@@ -307,6 +310,12 @@ class ViTExperiment(knobs.KnobbedExperiment):
           f'the {jax.process_count()} processes (hosts) and divide '
           f'GLOBAL_BATCH_SIZE={self.GLOBAL_BATCH_SIZE}.'
       )
+    calls = self.INPUT_PARALLEL_CALLS
+    if calls is not None and calls != -1 and calls <= 0:
+      errors.append(
+          f'INPUT_PARALLEL_CALLS={calls} must be positive, None (4 per CPU'
+          ' core) or -1 (tf.data.AUTOTUNE).'
+      )
     if self.WARMUP_STEPS + self.COOLDOWN_STEPS > self.NUM_TRAIN_STEPS:
       errors.append(
           f'WARMUP_STEPS={self.WARMUP_STEPS} + COOLDOWN_STEPS='
@@ -473,6 +482,7 @@ class ViTExperiment(knobs.KnobbedExperiment):
         crop_min_area=self.CROP_MIN_AREA,
         input_random_seed=self.INPUT_SEED,
         num_input_slices=self.INPUT_SLICES,
+        num_parallel_calls=self.INPUT_PARALLEL_CALLS,
         **common,
     )
 

@@ -20,9 +20,13 @@ import collections
 import dataclasses
 from typing import Iterable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 CLASS_FILE_HEADER = 'id\tname\tparent_ids'
+# Ancestor table entries (int32) allowed: 256 MB. JFT's ~30k classes with
+# tens of ancestors each take a few MB.
+MAX_ANCESTOR_TABLE_ENTRIES = 2**26
 
 
 class HierarchyError(ValueError):
@@ -212,13 +216,30 @@ class ClassHierarchy:
       out.update(self._ancestors[i])
     return sorted(out)
 
-  def ancestor_table(self) -> tuple[list[int], list[int]]:
-    """(flat ancestor ids, row lengths): a ragged [C, ?] table for TF."""
-    flat, lengths = [], []
-    for a in self._ancestors:
-      flat.extend(a)
-      lengths.append(len(a))
-    return flat, lengths
+  def ancestor_table(self) -> np.ndarray:
+    """int32 [C, A]: row c lists c and its ancestors, then C as padding.
+
+    A is the largest ancestor set. The padding id C lies outside the label
+    space, so a bincount of size C drops it (preprocessing.multi_hot).
+
+    Raises:
+      HierarchyError: the table would exceed MAX_ANCESTOR_TABLE_ENTRIES.
+    """
+    n = len(self._ancestors)
+    width = max((len(a) for a in self._ancestors), default=1)
+    if n * width > MAX_ANCESTOR_TABLE_ENTRIES:
+      widest = max(range(n), key=lambda i: len(self._ancestors[i]))
+      raise HierarchyError(
+          f'{self._source}: the ancestor table would be {n} x {width} ids'
+          f' (class {self._classes[widest].name!r} has {width} ancestors'
+          ' including itself), over the limit of'
+          f' {MAX_ANCESTOR_TABLE_ENTRIES}; read the labels unexpanded'
+          ' (expand_hierarchy=False).'
+      )
+    table = np.full((n, width), n, np.int32)
+    for i, a in enumerate(self._ancestors):
+      table[i, :len(a)] = a
+    return table
 
   def __eq__(self, other) -> bool:
     return (

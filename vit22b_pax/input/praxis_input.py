@@ -88,6 +88,21 @@ from vit22b_pax.input import tasks
 
 NestedMap = py_utils.NestedMap
 _BATCH_KEYS = ('image', 'labels', 'weight')
+# The training map returns its examples in order (they are positioned by
+# index), so a call that finishes early waits for the ones before it.
+# tf.data.AUTOTUNE runs at most one call per core, and then cores sit idle
+# in those waits; 4 calls in flight per core decoded ~10-20% more images/s
+# on 2 cores, with less CPU per image (BENCHMARKS.md).
+PARALLEL_CALLS_PER_CORE = 4
+
+
+def _model_batch(batch: dict[str, tf.Tensor]) -> NestedMap:
+  """The model's keys of a dataset batch (training batches carry no weight:
+  get_next sets it)."""
+  batch = dict(batch)
+  if 'weight' not in batch:
+    batch['weight'] = tf.ones_like(batch['index'], tf.float32)
+  return NestedMap({k: batch[k] for k in _BATCH_KEYS})
 
 
 def records_per_host(shard_counts: list[int], num_hosts: int) -> list[int]:
@@ -175,9 +190,9 @@ def _full_range_int64(shape, seed) -> tf.Tensor:
 
 
 def _map_single_threaded(
-    ds: tf.data.Dataset, fn: Callable[..., Any]
+    ds: tf.data.Dataset, fn: Callable[..., Any], num_parallel_calls: int
 ) -> tf.data.Dataset:
-  """ds.map(fn, num_parallel_calls=AUTOTUNE), each call on one thread.
+  """ds.map(fn, num_parallel_calls), each call on one thread.
 
   Dataset.map schedules every op of fn on the inter-op thread pool; for the
   ~60 small ops per example of the training map that scheduling cost ~15%
@@ -187,7 +202,7 @@ def _map_single_threaded(
   (tf.cond / Assert lower to Switch/Merge, which that executor rejects).
   """
   return dataset_ops.ParallelMapDataset(
-      ds, fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
+      ds, fn, num_parallel_calls=num_parallel_calls, deterministic=True,
       use_inter_op_parallelism=False, preserve_cardinality=True,
   )
 
@@ -212,6 +227,9 @@ class MultiLabelImageInput(resumable.ResumableInput):
     num_input_slices: K, the number of training input slices; None: one
       per host. A multiple of the number of hosts dividing the global batch;
       the same K gives the same batches on any host count dividing it.
+    num_parallel_calls: Training examples decoded and augmented at once;
+      None: PARALLEL_CALLS_PER_CORE per schedulable CPU core;
+      tf.data.AUTOTUNE (-1) lets tf.data choose (at most one per core).
     stats_dir: Where to write input_stats/<name>.host<k>.json; None uses
       paxml's --job_log_dir when it is set, '' disables.
     reset_for_eval: (BaseInput) eval runs one pass per eval; default True.
@@ -227,6 +245,7 @@ class MultiLabelImageInput(resumable.ResumableInput):
   eval_crop_fraction: float = 0.875
   shuffle_buffer_size: int = 1000
   num_input_slices: int | None = None
+  num_parallel_calls: int | None = None
   stats_dir: str | None = None
   reset_for_eval: bool = True
   eval_loop_num_batches: int = -1
@@ -275,9 +294,7 @@ class MultiLabelImageInput(resumable.ResumableInput):
       self._ds = self._eval_dataset()
     # For its element_spec (the input specs). In training it yields the
     # batches before get_next() refills the slots of bad records.
-    self.dataset = self._ds.map(
-        lambda b: NestedMap({k: b[k] for k in _BATCH_KEYS})
-    )
+    self.dataset = self._ds.map(_model_batch)
     self._iter = self._ds.as_numpy_iterator()
     self.write_stats()
     if self._stats_path:
@@ -318,6 +335,12 @@ class MultiLabelImageInput(resumable.ResumableInput):
           f'shuffle_buffer_size must be positive, got'
           f' {self.shuffle_buffer_size}.'
       )
+    calls = self.num_parallel_calls
+    if calls is not None and calls != tf.data.AUTOTUNE and calls <= 0:
+      raise ValueError(
+          f'num_parallel_calls must be positive, None or tf.data.AUTOTUNE'
+          f' ({tf.data.AUTOTUNE}), got {calls}.'
+      )
 
   @property
   def task_name(self) -> str | None:
@@ -327,6 +350,13 @@ class MultiLabelImageInput(resumable.ResumableInput):
   @property
   def seed(self) -> int:
     return 0 if self.input_random_seed is None else int(self.input_random_seed)
+
+  @property
+  def map_parallel_calls(self) -> int:
+    """The training map's num_parallel_calls (see num_parallel_calls)."""
+    if self.num_parallel_calls is not None:
+      return self.num_parallel_calls
+    return PARALLEL_CALLS_PER_CORE * len(os.sched_getaffinity(0))
 
   @property
   def num_bad_records(self) -> int:
@@ -445,6 +475,8 @@ class MultiLabelImageInput(resumable.ResumableInput):
     crop_seed = _mix(self.seed, 'crop')
     flip_seed = _mix(self.seed, 'flip')
     s, c = self.image_size, self.num_classes
+    # The ids are parsed and batched only for the id log.
+    with_id = self._id_log_path is not None
 
     def example(index, record):
       # Augmentation seeded by (slice k, position in slice k) of host-stream
@@ -458,13 +490,13 @@ class MultiLabelImageInput(resumable.ResumableInput):
         step, row = slot // self.batch_size, slot % self.batch_size
         k = first_slice + row // rows
         where = k * 2**40 + step * rows + row % rows
-      ex = preprocessing.parse_and_decode(record, c)
+      ex = preprocessing.parse_and_decode(record, c, with_id=with_id)
       ex = tasks.set_labels(ex, c, table)
       ex = tasks.set_train_view(
           ex, s, [tf.stack([crop_seed, where]), tf.stack([flip_seed, where])],
           self.crop_min_area,
       )
-      ex['weight'] = tf.constant(1.0, tf.float32)
+      # No per-example 'weight': _next_train_batch sets it from the index.
       ex['index'] = index
       return ex
 
@@ -472,7 +504,9 @@ class MultiLabelImageInput(resumable.ResumableInput):
     # (tf.data fuses map + batch): a scan or unbatch between them serializes
     # every example and cost ~45% of the throughput. Bad records are
     # dropped here and their slots refilled by get_next (_next_train_batch).
-    ds = _map_single_threaded(raw.enumerate(), example)
+    ds = _map_single_threaded(
+        raw.enumerate(), example, self.map_parallel_calls
+    )
     # log_warning: each bad record's TF error is logged once, e.g.
     # "Invalid PNG data" or the label assertion.
     ds = ds.apply(tf.data.experimental.ignore_errors(log_warning=True))
@@ -604,7 +638,9 @@ class MultiLabelImageInput(resumable.ResumableInput):
     self._carry = {k: v[n:] for k, v in pool.items()} if n < len(
         pool['index']) else None
     if n == b:  # No bad record in the batch: the rows as they are.
-      return {k: v[:b] for k, v in pool.items()}
+      batch = {k: v[:b] for k, v in pool.items()}
+      batch['weight'] = np.ones([b], np.float32)
+      return batch
     self._train_bad += b - n
     rows = pool['index'][:n] - begin
     batch = {}
@@ -613,13 +649,16 @@ class MultiLabelImageInput(resumable.ResumableInput):
       if k == 'id':
         batch[k][:] = b''
       batch[k][rows] = v[:n]
+    batch['weight'] = np.zeros([b], np.float32)
+    batch['weight'][rows] = 1.0
     return batch
 
   def get_next(self) -> NestedMap:
     if self.is_training:
       batch = self._next_train_batch()
       self._update_bad_count(self._train_bad)
-      self.log_ids(self._next_batch, batch['id'])
+      if 'id' in batch:  # Parsed only when the id log is on.
+        self.log_ids(self._next_batch, batch['id'])
       self._next_batch += 1
       return NestedMap({k: batch[k] for k in _BATCH_KEYS})
     try:

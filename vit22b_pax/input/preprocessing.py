@@ -34,32 +34,42 @@ _FEATURES = {
 
 
 def parse_and_decode(
-    serialized: tf.Tensor, num_classes: int
+    serialized: tf.Tensor, num_classes: int, with_id: bool = True
 ) -> dict[str, tf.Tensor]:
   """Parses one record; raises a TF error if the record is bad.
 
   Args:
     serialized: A scalar string, one serialized tf.Example.
     num_classes: Label ids must be in [0, num_classes).
+    with_id: Also parse the example id (the training input needs it only
+      for its id log).
 
   Returns:
-    {'image': uint8 [H, W, 3], 'label_ids': int64 [L], 'id': string}.
+    {'image': uint8 [H, W, 3], 'label_ids': int64 [L], 'id': string}, 'id'
+    only if with_id.
   """
-  ex = tf.io.parse_single_example(serialized, _FEATURES)
+  features = dict(_FEATURES)
+  if not with_id:
+    del features[data_format.ID_KEY]
+  ex = tf.io.parse_single_example(serialized, features)
   # Gathering the ids from range(num_classes) is the range check: it fails
   # with "indices[i] = id is not in [0, num_classes)". Unlike an Assert it
   # needs no control flow, which the training map's single-threaded
-  # executor cannot run (praxis_input).
+  # executor cannot run (praxis_input). The values of a rank-1 VarLenFeature
+  # are its ids in order: no sparse-to-dense op.
   label_ids = tf.gather(
       tf.range(num_classes, dtype=tf.int64),
-      tf.sparse.to_dense(ex[data_format.LABEL_KEY]),
+      ex[data_format.LABEL_KEY].values,
       name='label_id_in_range',
   )
   image = tf.io.decode_image(
       ex[data_format.IMAGE_KEY], channels=3, expand_animations=False
   )
   image.set_shape([None, None, 3])
-  return {'image': image, 'label_ids': label_ids, 'id': ex[data_format.ID_KEY]}
+  out = {'image': image, 'label_ids': label_ids}
+  if with_id:
+    out['id'] = ex[data_format.ID_KEY]
+  return out
 
 
 def decode_records(ds: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
@@ -99,39 +109,36 @@ def decode_records(ds: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
 def multi_hot(
     label_ids: tf.Tensor,
     num_classes: int,
-    ancestors: tuple[Sequence[int], Sequence[int]] | None = None,
+    ancestors: np.ndarray | None = None,
 ) -> tf.Tensor:
   """float32 [C] multi-hot vector of the labels (and their ancestors).
 
   Args:
-    label_ids: int64 [L] class ids.
+    label_ids: int [L] class ids in [0, C).
     num_classes: C.
-    ancestors: Optional (flat ids, row lengths) ragged table from
-      ClassHierarchy.ancestor_table(); row c lists c and its ancestors.
+    ancestors: Optional int [C, A] table from ClassHierarchy.ancestor_table():
+      row c lists c and its ancestors, padded with C.
 
   Returns:
     float32 [C], 1.0 at every label (and ancestor), else 0.0.
   """
-  ids = tf.cast(label_ids, tf.int64)
-  if ancestors is not None:
-    flat, lengths = ancestors
-    # Row splits from the (trusted, constant) table at trace time, without
-    # the validation ops from_row_lengths runs per call: they cost ~20% of
-    # the training input's throughput.
-    splits = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-    if splits[-1] != len(flat):
-      raise ValueError(
-          f'Ancestor table: row lengths sum to {splits[-1]}, but it lists'
-          f' {len(flat)} ids.'
-      )
-    table = tf.RaggedTensor.from_row_splits(
-        tf.constant(flat, tf.int64), tf.constant(splits), validate=False
+  if ancestors is None:
+    ancestors = np.arange(num_classes, dtype=np.int32)[:, None]
+  elif ancestors.shape[0] != num_classes or ancestors.ndim != 2:
+    raise ValueError(
+        f'Ancestor table of shape {ancestors.shape} for {num_classes} classes;'
+        f' expected [{num_classes}, A].'
     )
-    ids = tf.gather(table, ids).flat_values
-  hits = tf.scatter_nd(
-      ids[:, None], tf.ones_like(ids, tf.float32), [num_classes]
+  # One gather (which also rejects ids outside [0, C)) and one binary
+  # bincount, which drops the padding id C: per example, this costs a third
+  # of a ragged gather + scatter + clamp (~12 us of ~150 us).
+  ids = tf.gather(tf.constant(ancestors), label_ids, name='label_ancestors')
+  return tf.raw_ops.DenseBincount(
+      input=tf.reshape(ids, [-1]),
+      size=num_classes,
+      weights=tf.zeros([0], tf.float32),
+      binary_output=True,
   )
-  return tf.minimum(hits, 1.0)
 
 
 def to_unit_range(image: tf.Tensor) -> tf.Tensor:

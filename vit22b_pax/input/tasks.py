@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 
+import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -101,7 +102,7 @@ def task_name(
 
 def class_table(
     data_dir: str, num_classes: int, expand_hierarchy: bool = True
-) -> tuple[list[int], list[int]] | None:
+) -> np.ndarray | None:
   """The ancestor table of the class file (None: labels not expanded).
 
   Raises:
@@ -121,7 +122,7 @@ def class_table(
 def set_labels(
     ex: dict[str, tf.Tensor],
     num_classes: int,
-    table: tuple[list[int], list[int]] | None,
+    table: np.ndarray | None,
 ) -> dict[str, tf.Tensor]:
   """Replaces 'label_ids' by the multi-hot 'labels' [C]."""
   ex['labels'] = preprocessing.multi_hot(
