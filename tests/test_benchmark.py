@@ -15,6 +15,7 @@ from absl.testing import absltest
 
 import subprocess_runner
 from vit22b_pax import benchmark_lib
+from vit22b_pax.input import praxis_input
 
 # Tiny models, one CPU device.
 _ARGS = (
@@ -81,7 +82,7 @@ class BenchmarkToolTest(absltest.TestCase):
         timings[f'matmul_{benchmark_lib.PEAK_MATMUL_SIZE}'],
         settings.step_reps * settings.peak_per_round,
     ))
-    for name in ('pipeline', 'baseline'):
+    for name in ('pipeline', 'baseline', 'baseline_same_calls'):
       expected.append((
           timings[f'input_{name}_{settings.input_batches}_batches'],
           settings.input_reps,
@@ -106,6 +107,20 @@ class BenchmarkToolTest(absltest.TestCase):
     self.assertAlmostEqual(
         self.report['parallel_vs_praxis'],
         steps['praxis']['median'] / steps['parallel']['median'],
+    )
+    windows = self.report['timings_seconds']
+    batches = benchmark_lib.QUICK.input_batches
+    for key, baseline in (('input_vs_baseline', 'baseline'),
+                          ('input_vs_baseline_same_calls',
+                           'baseline_same_calls')):
+      self.assertAlmostEqual(
+          self.report[key],
+          windows[f'input_{baseline}_{batches}_batches']['median']
+          / windows[f'input_pipeline_{batches}_batches']['median'],
+      )
+    self.assertEqual(
+        self.report['input_config']['map_parallel_calls'],
+        praxis_input.PARALLEL_CALLS_PER_CORE * len(os.sched_getaffinity(0)),
     )
     self.assertAlmostEqual(
         self.report['mfu_cpu'],

@@ -20,7 +20,10 @@ stderr:
   input_vs_baseline       the training input pipeline of `make train`'s
                           experiment (decode, hierarchy expansion, crop,
                           flip, shuffle) in images/s over a minimal tf.data
-                          decode-and-crop of the same shards;
+                          decode-and-crop of the same shards (its map at
+                          tf.data.AUTOTUNE); input_vs_baseline_same_calls:
+                          over that baseline with its map at the training
+                          input's parallelism;
   make_train_examples_per_sec  `make train`'s experiment (ViTShapesCPU):
                           train steps fed by its input; also the same steps
                           on a fixed batch, so the input's cost shows.
@@ -148,7 +151,10 @@ def format_summary(report: dict) -> str:
       f"mfu_cpu:                {report['mfu_cpu']:.3f}",
       f"input_vs_baseline:      {report['input_vs_baseline']:.3f} "
       f"({report['input_images_per_sec']:.0f} vs "
-      f"{report['input_baseline_images_per_sec']:.0f} images/s)",
+      f"{report['input_baseline_images_per_sec']:.0f} images/s; "
+      f"vs the baseline at the input's "
+      f"{report['input_config']['map_parallel_calls']} parallel calls: "
+      f"{report['input_vs_baseline_same_calls']:.3f})",
       f"make_train_examples_per_sec: "
       f"{report['make_train_examples_per_sec']:.1f} "
       f"(step only {report['make_train_step_only_examples_per_sec']:.1f})",
