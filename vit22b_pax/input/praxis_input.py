@@ -91,14 +91,16 @@ _BATCH_KEYS = ('image', 'labels', 'weight')
 # The training map returns its examples in order (they are positioned by
 # index), so a call that finishes early waits for the ones before it.
 # tf.data.AUTOTUNE runs at most one call per core, and then cores sit idle
-# in those waits; 4 calls in flight per core decoded ~10-20% more images/s
-# on 2 cores, with less CPU per image (BENCHMARKS.md).
+# in those waits; 4 calls in flight per core decoded 24% more images/s on
+# 2 cores, with 16% less CPU per image (BENCHMARKS.md, "The input").
 PARALLEL_CALLS_PER_CORE = 4
 
 
 def _model_batch(batch: dict[str, tf.Tensor]) -> NestedMap:
-  """The model's keys of a dataset batch (training batches carry no weight:
-  get_next sets it)."""
+  """The model's keys of a dataset batch.
+
+  Training batches carry no weight (get_next sets it); the spec is 1.0.
+  """
   batch = dict(batch)
   if 'weight' not in batch:
     batch['weight'] = tf.ones_like(batch['index'], tf.float32)
@@ -500,9 +502,9 @@ class MultiLabelImageInput(resumable.ResumableInput):
       ex['index'] = index
       return ex
 
-    # All per-example work in one parallel map, then straight into batches
-    # (tf.data fuses map + batch): a scan or unbatch between them serializes
-    # every example and cost ~45% of the throughput. Bad records are
+    # All per-example work in one parallel map, then straight into batches:
+    # a scan or unbatch between them serializes every example and cost
+    # ~45% of the throughput. Bad records are
     # dropped here and their slots refilled by get_next (_next_train_batch).
     ds = _map_single_threaded(
         raw.enumerate(), example, self.map_parallel_calls

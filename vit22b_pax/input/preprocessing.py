@@ -130,8 +130,9 @@ def multi_hot(
         f' expected [{num_classes}, A].'
     )
   # One gather (which also rejects ids outside [0, C)) and one binary
-  # bincount, which drops the padding id C: per example, this costs a third
-  # of a ragged gather + scatter + clamp (~12 us of ~150 us).
+  # bincount, which drops the padding id C. On one thread this took ~4 us
+  # per example where a ragged gather, a scatter and a clamp took ~16 us
+  # (of ~150 us in all).
   ids = tf.gather(tf.constant(ancestors), label_ids, name='label_ancestors')
   return tf.raw_ops.DenseBincount(
       input=tf.reshape(ids, [-1]),
