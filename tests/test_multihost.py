@@ -70,15 +70,24 @@ def _tf_args(data: pathlib.Path, job: pathlib.Path) -> list[str]:
   ]
 
 
+def _script_preexec() -> None:
+  # A test run started as a background job (`cmd &` without job control)
+  # inherits SIGINT ignored, and bash cannot trap a signal ignored on
+  # entry: the script would never see the test's Ctrl-C.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  # SIGTERM: the script's trap stops its hosts if this process dies.
+  die_with_parent = local_cluster.die_with_parent(signal.SIGTERM)
+  if die_with_parent is not None:
+    die_with_parent()
+
+
 def _script(args, env=None, **kwargs) -> subprocess.Popen:
   """Starts the launcher script in its own session (killable as a group)."""
   return subprocess.Popen(
       ['bash', str(_SCRIPT), *args], cwd=_ROOT,
       env=dict(subprocess_runner.child_env(), **(env or {})),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      start_new_session=True,
-      # SIGTERM: the script's trap stops its hosts if this process dies.
-      preexec_fn=local_cluster.die_with_parent(signal.SIGTERM), **kwargs)
+      start_new_session=True, preexec_fn=_script_preexec, **kwargs)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
