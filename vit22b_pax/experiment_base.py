@@ -313,8 +313,9 @@ class ViTExperiment(knobs.KnobbedExperiment):
     calls = self.INPUT_PARALLEL_CALLS
     if calls is not None and calls != -1 and calls <= 0:
       errors.append(
-          f'INPUT_PARALLEL_CALLS={calls} must be positive, None (4 per CPU'
-          ' core) or -1 (tf.data.AUTOTUNE).'
+          f'INPUT_PARALLEL_CALLS={calls} must be positive, None'
+          f' ({praxis_input.PARALLEL_CALLS_PER_CORE} per CPU core) or -1'
+          ' (tf.data.AUTOTUNE).'
       )
     if self.WARMUP_STEPS + self.COOLDOWN_STEPS > self.NUM_TRAIN_STEPS:
       errors.append(

@@ -492,8 +492,7 @@ class MultiLabelImageInput(resumable.ResumableInput):
         step, row = slot // self.batch_size, slot % self.batch_size
         k = first_slice + row // rows
         where = k * 2**40 + step * rows + row % rows
-      ex = preprocessing.parse_and_decode(record, c, with_id=with_id)
-      ex = tasks.set_labels(ex, c, table)
+      ex = preprocessing.parse_and_decode(record, c, table, with_id=with_id)
       ex = tasks.set_train_view(
           ex, s, [tf.stack([crop_seed, where]), tf.stack([flip_seed, where])],
           self.crop_min_area,

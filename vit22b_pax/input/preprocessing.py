@@ -34,65 +34,69 @@ _FEATURES = {
 
 
 def parse_and_decode(
-    serialized: tf.Tensor, num_classes: int, with_id: bool = True
+    serialized: tf.Tensor,
+    num_classes: int,
+    ancestors: np.ndarray | None = None,
+    with_id: bool = True,
 ) -> dict[str, tf.Tensor]:
   """Parses one record; raises a TF error if the record is bad.
 
   Args:
     serialized: A scalar string, one serialized tf.Example.
-    num_classes: Label ids must be in [0, num_classes).
+    num_classes: C; label ids must be in [0, C).
+    ancestors: Optional ancestor table for multi_hot (labels expanded).
     with_id: Also parse the example id (the training input needs it only
       for its id log).
 
   Returns:
-    {'image': uint8 [H, W, 3], 'label_ids': int64 [L], 'id': string}, 'id'
-    only if with_id.
+    {'image': uint8 [H, W, 3], 'labels': float32 [C] multi-hot, 'id':
+    string}, 'id' only if with_id.
   """
   features = dict(_FEATURES)
   if not with_id:
     del features[data_format.ID_KEY]
   ex = tf.io.parse_single_example(serialized, features)
-  # Gathering the ids from range(num_classes) is the range check: it fails
-  # with "indices[i] = id is not in [0, num_classes)". Unlike an Assert it
-  # needs no control flow, which the training map's single-threaded
-  # executor cannot run (praxis_input). The values of a rank-1 VarLenFeature
-  # are its ids in order: no sparse-to-dense op.
-  label_ids = tf.gather(
-      tf.range(num_classes, dtype=tf.int64),
-      ex[data_format.LABEL_KEY].values,
-      name='label_id_in_range',
-  )
   image = tf.io.decode_image(
       ex[data_format.IMAGE_KEY], channels=3, expand_animations=False
   )
   image.set_shape([None, None, 3])
-  out = {'image': image, 'label_ids': label_ids}
+  # The values of a rank-1 VarLenFeature are its ids in order. multi_hot's
+  # gather is the range check.
+  out = {
+      'image': image,
+      'labels': multi_hot(
+          ex[data_format.LABEL_KEY].values, num_classes, ancestors
+      ),
+  }
   if with_id:
     out['id'] = ex[data_format.ID_KEY]
   return out
 
 
-def decode_records(ds: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
+def decode_records(
+    ds: tf.data.Dataset, num_classes: int, ancestors: np.ndarray | None = None
+) -> tf.data.Dataset:
   """Decodes {'serialized'} records, skipping and counting bad ones.
 
   Args:
     ds: Elements {'serialized': string scalar}.
     num_classes: Number of classes (valid label ids are below it).
+    ancestors: Optional ancestor table (see parse_and_decode).
 
   Returns:
-    Elements {'image', 'label_ids', 'id', 'num_bad_records'}, where
+    Elements {'image', 'labels', 'id', 'num_bad_records'}, where
     num_bad_records (int64) counts the records dropped so far in this stream
     (bad records at the very end of a finite stream are not seen by it).
   """
   def _parse(index, ex):
-    out = parse_and_decode(ex['serialized'], num_classes)
+    out = parse_and_decode(ex['serialized'], num_classes, ancestors)
     out['_index'] = index
     return out
 
   ds = ds.enumerate()
   ds = ds.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
   # log_warning: each skipped record's TF error is logged once, e.g.
-  # "Invalid PNG data" or the label assertion.
+  # "Invalid PNG data" or the label id out of range.
   ds = ds.apply(tf.data.experimental.ignore_errors(log_warning=True))
 
   def _count(state, ex):
@@ -129,8 +133,10 @@ def multi_hot(
         f'Ancestor table of shape {ancestors.shape} for {num_classes} classes;'
         f' expected [{num_classes}, A].'
     )
-  # One gather (which also rejects ids outside [0, C)) and one binary
-  # bincount, which drops the padding id C. On one thread this took ~4 us
+  # One gather and one binary bincount, which drops the padding id C. The
+  # gather is the range check: it fails with "indices[i] = id is not in
+  # [0, C)". Unlike an Assert it needs no control flow, which the training
+  # map's single-threaded executor cannot run (praxis_input). On one thread this took ~4 us
   # per example where a ragged gather, a scatter and a clamp took ~16 us
   # (of ~150 us in all).
   ids = tf.gather(tf.constant(ancestors), label_ids, name='label_ancestors')

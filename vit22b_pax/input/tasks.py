@@ -4,8 +4,9 @@
 `<data_dir>/<split>-?????-of-?????.tfrecord` and returns its name. The name
 is derived from every argument, so two experiments with different image
 sizes or label expansion get different tasks. The Task's preprocessors:
-decode (bad records skipped and counted), labels -> multi-hot over
-NUM_CLASSES (optionally expanded to all ancestors), then the training view
+decode, with the labels as a multi-hot over NUM_CLASSES (optionally
+expanded to all ancestors; bad records skipped and counted), then the
+training view
 (inception crop + flip) or the evaluation view (resize + central crop),
 values in [-1, 1]. Output features: image float32 [S, S, 3], labels
 float32 [C]; every example also carries num_bad_records (int64) and id.
@@ -119,18 +120,6 @@ def class_table(
   return classes.ancestor_table() if expand_hierarchy else None
 
 
-def set_labels(
-    ex: dict[str, tf.Tensor],
-    num_classes: int,
-    table: np.ndarray | None,
-) -> dict[str, tf.Tensor]:
-  """Replaces 'label_ids' by the multi-hot 'labels' [C]."""
-  ex['labels'] = preprocessing.multi_hot(
-      ex.pop('label_ids'), num_classes, table
-  )
-  return ex
-
-
 def set_train_view(
     ex: dict[str, tf.Tensor],
     image_size: int,
@@ -193,11 +182,7 @@ def register_task(
   table = class_table(data_dir, num_classes, expand_hierarchy)
 
   def decode(ds):
-    return preprocessing.decode_records(ds, num_classes)
-
-  @seqio.map_over_dataset
-  def labels(ex):
-    return set_labels(ex, num_classes, table)
+    return preprocessing.decode_records(ds, num_classes, table)
 
   if augment:
     @seqio.map_over_dataset(num_seeds=2)
@@ -215,6 +200,6 @@ def register_task(
           'image': seqio.ContinuousFeature(dtype=tf.float32, rank=3),
           'labels': seqio.ContinuousFeature(dtype=tf.float32, rank=1),
       },
-      preprocessors=[decode, labels, view],
+      preprocessors=[decode, view],
   )
   return name
